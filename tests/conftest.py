@@ -1,0 +1,35 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+    """Run the real `edgecnn` command in a child process (exit codes and stderr as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgecnn", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """A bad input: non-zero exit, one line on stderr mentioning `fragments`, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """tinycnn trained 3 epochs on digits at 32 px: the issue's own acceptance run."""
+    out = tmp_path_factory.mktemp("digits")
+    result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
+                     "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out / "best.pt"

@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import yaml
+from conftest import ROOT, assert_clean_error, edgecnn
+from edgecnn.checkpoint import load_checkpoint
+
+VERBS = ["run", "train", "eval"]
+
+
+@pytest.mark.parametrize("verb", [None, *VERBS])
+def test_help(verb):
+    result = edgecnn(*([verb] if verb else []), "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
+
+
+def test_train_then_eval_reaches_90_percent(digits_checkpoint, tmp_path):
+    out = digits_checkpoint.parent
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    result = edgecnn("eval", digits_checkpoint, "--dataset", "digits", "--json", tmp_path / "e.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["top1"] >= 0.90
+    assert metrics["top1"] <= metrics["top5"] <= 1.0
+    assert metrics["samples"] == 359  # the held-out 20 % of scikit-learn's 1797 digits
+    assert "top-1" in result.stdout
+
+
+def test_train_prints_per_epoch_table(tmp_path):
+    result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "2", "--img-size", "16",
+                     "--out", tmp_path, "--json", tmp_path / "h.json")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    history = json.loads((tmp_path / "h.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt.preprocess.img_size == 16 and ckpt.labels == [str(d) for d in range(10)]
+    assert ckpt.training is None and load_checkpoint(tmp_path / "last.pt").training["epoch"] == 2
+
+
+def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
+    out = tmp_path / "out"
+    first = edgecnn("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "report.json").read_text())
+    train = report["stages"]["train"]
+    assert train["status"] == "done" and train["metrics"]["best_top1"] >= 0.9
+    assert load_checkpoint(train["outputs"]["best"]).metrics["top1"] == train["metrics"]["best_top1"]
+
+    again = edgecnn("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "report.json").read_text())["stages"]["train"]["status"] == "skipped"
+    assert "skipped" in again.stdout
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    recipe["train"]["epochs"] = 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(recipe))
+    third = edgecnn("run", changed, "--out", out)
+    assert third.returncode == 0, third.stderr
+    stage = json.loads((out / "report.json").read_text())["stages"]["train"]
+    assert stage["status"] == "done" and stage["metrics"]["epochs"] == 1
+
+
+def test_run_skips_nothing_when_an_output_is_gone(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {img_size: 16}\ntrain: {epochs: 1}\n")
+    assert edgecnn("run", recipe, "--out", tmp_path / "o").returncode == 0
+    (tmp_path / "o" / "train" / "best.pt").unlink()
+    result = edgecnn("run", recipe, "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["stages"]["train"]["status"] == "done"
+    assert (tmp_path / "o" / "train" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["eval", "missing.pt"], "checkpoint not found"),
+        (["train", "--model", "mobilenet_v9", "--dataset", "digits", "--out", "o"], "did you mean 'mobilenet_v2'"),
+        (["train", "--model", "tinycnn", "--dataset", "digitz", "--out", "o"], "did you mean 'digits'"),
+        (["train", "--model", "tinycnn", "--dataset", "imagefolder:/nonexistent", "--out", "o"], "folder not found"),
+        (["train", "--model", "tinycnn", "--dataset", "digits", "--out", "o", "--epochs", "0"], "--epochs"),
+        (["train", "--model", "tinycnn", "--dataset", "digits", "--out", "o", "--batch-size", "-1"], "--batch-size"),
+        (["train", "--model", "resnet18", "--dataset", "digits", "--out", "o", "--width", "0.5"], "no width"),
+        (["train", "--model", "tinycnn", "--dataset", "digits", "--out", "o", "--weights", "nope.pth"],
+         "file not found"),
+        (["run", "nope.yaml"], "recipe not found"),
+    ],
+)
+def test_bad_input_gives_one_line(args, fragment, tmp_path):
+    result = edgecnn(*args, cwd=tmp_path)
+    if fragment.startswith("--"):
+        # click's own usage errors: a usage hint, then the error line.
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert fragment in result.stderr.splitlines()[-1]
+    else:
+        assert_clean_error(result, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, digits_checkpoint):
+    data = digits_checkpoint.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 64)
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "plain.pt")
+    for name, fragment in [("truncated.pt", "corrupt"), ("random.pt", "corrupt"), ("plain.pt", "not an edgecnn")]:
+        assert_clean_error(edgecnn("eval", tmp_path / name), fragment)
+
+
+def test_eval_on_a_dataset_with_other_classes(digits_checkpoint, tmp_path):
+    import cv2
+    import numpy as np
+
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / c / f"{i}.png"), np.full((8, 8, 3), i * 40, np.uint8))
+    assert_clean_error(edgecnn("eval", digits_checkpoint, "--dataset", f"imagefolder:{tmp_path}"),
+                       "predicts 10 classes", "has 3")

@@ -1,0 +1,96 @@
+"""edgecnn checkpoints: a plain state_dict plus what export and the runtime need to know about the model.
+
+Only tensors, numbers, strings, lists and dicts are stored, so `torch.load(weights_only=True)` can read a
+checkpoint without running code from the file. Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecnn import __version__
+from edgecnn.atomic import atomic_path
+from edgecnn.errors import EdgeCNNError
+from edgecnn.models import build_model
+from edgecnn.preprocess import Preprocess
+
+FORMAT = "edgecnn-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    model: str
+    num_classes: int
+    labels: list[str]
+    preprocess: Preprocess
+    dataset: str
+    state_dict: dict[str, torch.Tensor]
+    width: float = 1.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    # Present in last.pt only: optimizer state, epoch, step, best top-1 and history, for --resume.
+    training: dict[str, Any] | None = None
+    recipe_hash: str | None = None
+
+    def build(self) -> nn.Module:
+        """The model with this checkpoint's weights, in eval mode."""
+        model = build_model(self.model, self.num_classes, self.width)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:2])
+            raise EdgeCNNError(f"checkpoint weights do not fit model '{self.model}': {detail}") from None
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    payload = {
+        "format": FORMAT,
+        "edgecnn_version": __version__,
+        "model": ckpt.model,
+        "width": ckpt.width,
+        "num_classes": ckpt.num_classes,
+        "labels": list(ckpt.labels),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "dataset": ckpt.dataset,
+        "metrics": dict(ckpt.metrics),
+        "recipe_hash": ckpt.recipe_hash,
+        "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+        "training": ckpt.training,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCNNError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeCNNError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgeCNNError(
+            f"{path} is not an edgecnn checkpoint; a plain state_dict goes in with --model NAME --weights {path}"
+        )
+    try:
+        return Checkpoint(
+            model=payload["model"],
+            width=float(payload["width"]),
+            num_classes=int(payload["num_classes"]),
+            labels=list(payload["labels"]),
+            preprocess=Preprocess.from_dict(payload["preprocess"]),
+            dataset=payload["dataset"],
+            state_dict=payload["state_dict"],
+            metrics=payload.get("metrics") or {},
+            training=payload.get("training"),
+            recipe_hash=payload.get("recipe_hash"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdgeCNNError(f"checkpoint {path} is incomplete: missing or bad field {e}") from None

@@ -1,0 +1,17 @@
+"""The one exception type that means "the user gave us something wrong"."""
+
+
+class EdgeCNNError(Exception):
+    """A problem with the user's input or environment.
+
+    The CLI prints its message as a single line and exits non-zero; the message should say what was wrong
+    and, where it helps, how to fix it.
+    """
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean 'x'?)' for the nearest valid name, or '' when nothing is close."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""

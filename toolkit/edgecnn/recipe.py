@@ -1,0 +1,200 @@
+"""Recipes: YAML files describing a whole run (data → model → train → ...), validated on load.
+
+Each section is a dataclass; its fields are the valid keys, their type hints the valid types and their
+defaults the defaults. The `edgecnn train` command builds the same dataclasses from its options, so a recipe
+and a command line are checked by the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from edgecnn.errors import EdgeCNNError, closest
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    img_size: int = 32
+    batch_size: int = 32
+    augment: list[str] = field(default_factory=list)
+    workers: int = 0
+    # Normalisation; None means the dataset's own (or ImageNet's for pretrained torchvision weights).
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    crop: float | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tinycnn"
+    width: float = 1.0
+    weights: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    # Batches used to re-estimate BatchNorm statistics after each epoch; 0 turns it off.
+    bn_recalibration_batches: int = 20
+    device: str = "auto"
+    amp: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def section_hash(self, *names: str) -> str:
+        """A digest of the named sections (and the seed): what a stage's output depends on."""
+        payload = {"seed": self.seed, **{n: dataclasses.asdict(getattr(self, n)) for n in names}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def hash(self) -> str:
+        sections = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
+        return self.section_hash(*sections)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _is_scalar(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):  # YAML's true/false are not numbers here
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return hint in (int, str) and isinstance(value, hint)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` as type `hint`, or an EdgeCNNError naming the key, the expected type and what was found."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return load_section(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except EdgeCNNError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif _is_scalar(value, hint):
+        return float(value) if hint is float else value
+    raise EdgeCNNError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def load_section(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise EdgeCNNError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in valid:
+            raise EdgeCNNError(
+                f"{where}.{key}: unknown key{closest(str(key), valid)}; valid keys: {', '.join(valid)}"
+                if where
+                else f"{key}: unknown section or key{closest(str(key), valid)}; valid: {', '.join(valid)}"
+            )
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Checks beyond types: ranges, names and files. Raises EdgeCNNError naming the key."""
+    from edgecnn.data import AUGMENTATIONS, parse_dataset
+    from edgecnn.models import model_spec
+
+    positive = {
+        "data.img_size": recipe.data.img_size,
+        "data.batch_size": recipe.data.batch_size,
+        "train.epochs": recipe.train.epochs,
+        "train.lr": recipe.train.lr,
+        "model.width": recipe.model.width,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise EdgeCNNError(f"{key} must be positive, got {value}")
+    if recipe.data.img_size < 8:
+        raise EdgeCNNError(f"data.img_size must be at least 8, got {recipe.data.img_size}")
+    for key in ("workers",):
+        if getattr(recipe.data, key) < 0:
+            raise EdgeCNNError(f"data.{key} must be >= 0")
+    for op in recipe.data.augment:
+        if op not in AUGMENTATIONS:
+            raise EdgeCNNError(f"data.augment: unknown augmentation '{op}'{closest(op, AUGMENTATIONS)}")
+    for key in ("mean", "std"):
+        values = getattr(recipe.data, key)
+        if values is not None and (len(values) != 3 or (key == "std" and min(values) <= 0)):
+            raise EdgeCNNError(f"data.{key} must be three numbers (R, G, B){' > 0' if key == 'std' else ''}")
+    if recipe.data.crop is not None and not 0 < recipe.data.crop <= 1:
+        raise EdgeCNNError(f"data.crop must be in (0, 1], got {recipe.data.crop}")
+    if not 0 <= recipe.train.label_smoothing < 1:
+        raise EdgeCNNError(f"train.label_smoothing must be in [0, 1), got {recipe.train.label_smoothing}")
+    name, path = parse_dataset(recipe.data.dataset)
+    if path is not None and name == "imagefolder" and not Path(path).is_dir():
+        raise EdgeCNNError(f"data.dataset: folder not found: {path}")
+    model_spec(recipe.model.name)
+    weights = recipe.model.weights
+    if weights and (Path(weights).suffix in (".pth", ".pt") or "/" in weights) and not Path(weights).is_file():
+        raise EdgeCNNError(f"model.weights: file not found: {weights}")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise EdgeCNNError(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeCNNError(f"cannot read recipe {path}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EdgeCNNError(f"{path}: YAML syntax error{where}: {getattr(e, 'problem', None) or e}") from None
+    try:
+        recipe = load_section(Recipe, data, "")
+        if recipe.name == "recipe" and not (isinstance(data, dict) and "name" in data):
+            recipe.name = path.stem
+        return validate(recipe)
+    except EdgeCNNError as e:
+        raise EdgeCNNError(f"{path}: {e}") from None
