@@ -6,6 +6,7 @@ without torch installed.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from edgecnn import __version__
 from edgecnn.atomic import write_json
 from edgecnn.errors import EdgeCNNError
 
-console = Console(highlight=False, soft_wrap=True)
+# Tables keep their columns in logs and pipes too (rich would otherwise assume 80 columns).
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _write_json(path: Path | None, obj) -> None:
@@ -130,6 +132,97 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
     table.add_row(f"{metrics['top1']:.4f}", f"{metrics['top5']:.4f}", str(metrics["samples"]))
     console.print(table)
     _write_json(json_path, {**metrics, "checkpoint": str(checkpoint), "dataset": data.name, "split": split})
+
+
+@cli.command(name="export")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model_name", help="Registry model for --weights (instead of a checkpoint).")
+@click.option("--weights", help="A torchvision-style .pth state_dict for --model.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Class names, one per line.")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--img-size", type=click.IntRange(min=8), help="Input size for --weights [default: 224].")
+@click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma-separated: tflite, onnx.")
+@click.option("--int8", is_flag=True, help="Quantize to int8 (calibrated, verified).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--calib-images", type=click.Path(path_type=Path), help="Folder of unlabelled calibration images.")
+@click.option("--dataset", help="Labelled data to calibrate and verify on [default: the checkpoint's].")
+@click.option("--eval-samples", type=click.IntRange(min=1), help="Verify on at most N held-out images [all].")
+@click.option("--target", type=click.Choice(["x86", "arm"]), default="x86", show_default=True,
+              help="ONNX int8 scheme: x86 = uint8 activations + reduce_range, arm = int8 activations.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
+@click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
+@click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"artifacts": [...]}.')
+def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, formats, int8, calib_samples,
+               calib_images, dataset, eval_samples, target, max_accuracy_drop, no_fallback, allow_float_ops,
+               out_dir, json_path) -> None:
+    """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
+    from edgecnn.export import ExportOptions, export, parse_formats
+    from edgecnn.export.report import export_report, print_export_table
+    from edgecnn.export.sources import (
+        dataset_images,
+        folder_images,
+        read_labels,
+        source_from_checkpoint,
+        source_from_weights,
+        split_unlabelled,
+    )
+
+    options = ExportOptions(parse_formats(formats), int8, target, max_accuracy_drop, not no_fallback,
+                            allow_float_ops)
+    if checkpoint is not None and (model_name or weights):
+        raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
+    if checkpoint is not None:
+        source = source_from_checkpoint(checkpoint)
+    elif model_name and weights:
+        labels = read_labels(labels_file) if labels_file else None
+        source = source_from_weights(model_name, weights, labels, img_size, width)
+    else:
+        raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
+    data = dataset or source.dataset
+    if data:
+        verification = dataset_images(data, "test", source.pre, eval_samples)
+        calibration = folder_images(calib_images, source.pre) if calib_images else dataset_images(
+            data, "train", source.pre, calib_samples)
+        calibration = calibration.head(calib_samples)
+    elif calib_images:
+        calibration, verification = split_unlabelled(folder_images(calib_images, source.pre), calib_samples)
+        verification = verification.head(eval_samples)
+    else:
+        raise EdgeCNNError("no images to verify on: give --dataset NAME or --calib-images DIR")
+    if not int8:
+        calibration = None
+    elif calibration is not None:
+        console.print(f"calibrating on {len(calibration)} images: {calibration.description}")
+    artefacts = export(source, options, out_dir, calibration, verification, console)
+    print_export_table(console, artefacts, verification)
+    report = export_report(artefacts, calibration, verification)
+    _write_json(json_path, report)
+    failed = [a for a in artefacts if a.status != "ok"]
+    if failed:
+        raise EdgeCNNError("; ".join(f"{a.format}: {a.status} ({_failure(a, options)})" for a in failed))
+
+
+def _failure(artefact, options) -> str:
+    if artefact.status == "float ops left":
+        return f"float ops: {', '.join(artefact.float_ops[:5])}; --allow-float-ops accepts them"
+    return f"top-1 drop {artefact.drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop}"
+
+
+@cli.command()
+@click.argument("model_path", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the card and op summary as JSON.")
+def info(model_path: Path, as_json: bool) -> None:
+    """Show a .tflite/.onnx file's embedded model card and an op summary (int8/float ops, I/O dtypes)."""
+    from edgecnn.runtime.modelfile import read_model_file
+    from edgecnn.runtime.report import model_summary, print_model_summary
+
+    summary = model_summary(read_model_file(model_path))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_model_summary(console, summary)
 
 
 def main() -> None:

@@ -1,0 +1,106 @@
+"""PyTorch → .onnx through the dynamo exporter (one file), int8 through onnxruntime static QDQ quantization.
+
+The quantization scheme follows the target: x86 without VNNI wants uint8 activations with `reduce_range`
+(7-bit weights avoid the u8×s8 overflow of AVX2 kernels); Arm wants int8 activations and weights (S8S8).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.native import quiet_native_output
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+TARGETS = ("x86", "arm")
+
+
+def _global_average_pools(model) -> None:
+    """ReduceMean over H and W → GlobalAveragePool, which onnxruntime quantizes (ReduceMean it leaves in float)."""
+    from onnx import helper, numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or len(node.input) < 2:
+            continue
+        axes = constants.get(node.input[1])
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        if axes is None or sorted(int(a) % 4 for a in axes.ravel()) != [2, 3] or keepdims != 1:
+            continue
+        replacement = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)
+        node.CopyFrom(replacement)
+
+
+def quantizable_nodes(path: Path) -> dict[str, str]:
+    """Conv and Gemm/MatMul nodes, the candidates to keep in float: node name → PyTorch module path."""
+    import onnx
+
+    from edgecnn.runtime.modelfile import onnx_layer_path
+
+    return {n.name: onnx_layer_path(n) for n in onnx.load(path).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over normalised N×3×H×W samples."""
+
+    def __init__(self, samples: torch.Tensor):
+        self._samples = iter(samples.numpy().astype(np.float32))
+
+    def get_next(self):
+        sample = next(self._samples, None)
+        return None if sample is None else {INPUT_NAME: sample[None]}
+
+
+def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
+    import onnx
+
+    example = (torch.zeros(1, 3, img_size, img_size),)
+    try:
+        with quiet_native_output():
+            program = torch.onnx.export(
+                model.eval(), example, dynamo=True, external_data=False, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], verbose=False,
+            )
+    except Exception as e:
+        raise EdgeCNNError(f"torch.onnx.export could not export the model: {_first_line(e)}") from None
+    proto = program.model_proto
+    _global_average_pools(proto)
+    onnx.save(proto, path)
+
+
+def quantize_onnx(
+    float_path: Path, path: Path, calibration: torch.Tensor, target: str, float_nodes: Sequence[str] = ()
+) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if target not in TARGETS:
+        raise EdgeCNNError(f"unknown target '{target}': choose {' or '.join(TARGETS)}")
+    x86 = target == "x86"
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            with quiet_native_output():
+                quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+                quantize_static(
+                    str(prepared), str(path), _Calibration(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=x86,
+                    activation_type=QuantType.QUInt8 if x86 else QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=list(float_nodes),
+                    extra_options={"CalibPercentile": 99.999},
+                )
+        except EdgeCNNError:
+            raise
+        except Exception as e:
+            raise EdgeCNNError(f"onnxruntime could not quantize the model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__

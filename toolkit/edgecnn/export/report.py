@@ -1,0 +1,47 @@
+"""The export table and JSON report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+
+from edgecnn.export import Artefact
+from edgecnn.export.sources import Images
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def print_export_table(console: Console, artefacts: list[Artefact], verification: Images) -> None:
+    table = Table(title=f"verified on {len(verification)} images: {verification.description}")
+    for column in ("artefact", "int8", "size", "accuracy", "float acc.", "agreement", "max |Δlogit|", "float ops",
+                   "seconds", "status"):
+        table.add_column(column)
+    for a in artefacts:
+        table.add_row(
+            a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", _pct(a.accuracy),
+            _pct(a.float_accuracy), _pct(a.agreement), f"{a.max_logit_error:.4f}",
+            ", ".join(a.float_ops) if a.float_ops else "none", f"{a.export_seconds:.1f}", a.status,
+        )
+    console.print(table)
+    for a in artefacts:
+        if a.fallback:
+            f = a.fallback
+            console.print(
+                f"{a.path}: kept in float {', '.join(f['float_layers'])}; drop {f['int8_drop']:.2f} → "
+                f"{f['drop']:.2f} points; latency {f['latency_ms_int8']:.3f} → {f['latency_ms']:.3f} ms; "
+                f"size {f['size_bytes_int8']} → {f['size_bytes']} bytes"
+            )
+
+
+def export_report(artefacts: list[Artefact], calibration: Images | None, verification: Images) -> dict:
+    return {
+        "artifacts": [asdict(a) for a in artefacts],
+        "calibration": None if calibration is None else {"samples": len(calibration),
+                                                         "images": calibration.description},
+        "verification": {"samples": len(verification), "images": verification.description,
+                         "labelled": verification.labels is not None},
+    }

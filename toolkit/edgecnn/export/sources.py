@@ -1,0 +1,117 @@
+"""Where an export starts: a trained edgecnn checkpoint, or a pretrained torchvision classifier's weights;
+and the images it calibrates and verifies on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.preprocess import Preprocess, resize_image
+
+IMAGENET_CLASSES = 1000
+TORCHVISION_CROP = 224 / 256  # torchvision's Resize(256) + CenterCrop(224)
+
+
+@dataclass
+class ExportSource:
+    model: nn.Module
+    pre: Preprocess
+    labels: list[str]
+    name: str  # registry model name
+    width: float = 1.0
+    dataset: str | None = None  # labelled data the model was trained on: held-out split for verification
+    recipe_hash: str | None = None
+    origin: str = ""  # checkpoint or weights file it came from
+
+
+@dataclass
+class Images:
+    """Images already at the model's input size (N×S×S×3 uint8 RGB), with labels when known."""
+
+    pixels: np.ndarray
+    labels: np.ndarray | None
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def head(self, n: int | None) -> Images:
+        if n is None or n >= len(self):
+            return self
+        return Images(self.pixels[:n], None if self.labels is None else self.labels[:n], self.description)
+
+
+def source_from_checkpoint(path: str | Path) -> ExportSource:
+    from edgecnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return ExportSource(ckpt.build(), ckpt.preprocess, ckpt.labels, ckpt.model, ckpt.width, ckpt.dataset,
+                        ckpt.recipe_hash, str(path))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    try:
+        labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeCNNError(f"cannot read labels file {path}: {e}") from None
+    if not labels:
+        raise EdgeCNNError(f"labels file {path} is empty: one class name per line expected")
+    return labels
+
+
+def source_from_weights(
+    name: str, weights: str, labels: list[str] | None, img_size: int | None, width: float = 1.0
+) -> ExportSource:
+    """A torchvision-style classifier from a state_dict: ImageNet normalisation, 1000 classes unless the
+    labels say otherwise, torchvision's centre crop."""
+    from edgecnn.models import build_model, load_pretrained
+
+    num_classes = len(labels) if labels else IMAGENET_CLASSES
+    model = build_model(name, num_classes, width)
+    note = load_pretrained(model, name, weights)
+    if "new classifier head" in note:
+        raise EdgeCNNError(
+            f"weights {weights} have another class count than {num_classes}: pass --labels with one line per class"
+        )
+    pre = Preprocess(img_size=img_size or 224, crop=TORCHVISION_CROP)
+    return ExportSource(model.eval(), pre, labels or [str(i) for i in range(num_classes)], name, width,
+                        origin=str(weights))
+
+
+def dataset_images(spec: str, split: str, pre: Preprocess, limit: int | None, seed: int = 0) -> Images:
+    """Up to `limit` images of a dataset split (a seeded random subset), resized for the model."""
+    from edgecnn.data import load_dataset
+
+    images = load_dataset(spec).split(split)
+    order = np.arange(len(images))
+    if limit is not None and limit < len(images):
+        order = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+    pixels = np.stack([resize_image(images.image(int(i)), pre) for i in order])
+    return Images(pixels, images.labels[order], f"{spec} {split} split")
+
+
+def folder_images(folder: str | Path, pre: Preprocess) -> Images:
+    """Every image under `folder` (recursively, sorted), unlabelled."""
+    from edgecnn.data import IMAGE_SUFFIXES, read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeCNNError(f"calibration folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise EdgeCNNError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return Images(np.stack([resize_image(read_image(p), pre) for p in paths]), None, f"images in {folder}")
+
+
+def split_unlabelled(images: Images, calib_samples: int) -> tuple[Images, Images]:
+    """Calibrate on one part of an unlabelled folder and verify on the rest, so agreement is not measured on
+    the very images the ranges were fitted to (with fewer than 20 images both use all of them)."""
+    if len(images) < 20:
+        return images.head(calib_samples), images
+    calib = Images(images.pixels[::2][:calib_samples], None, images.description + " (even-numbered)")
+    held_out = Images(images.pixels[1::2], None, images.description + " (odd-numbered, not used to calibrate)")
+    return calib, held_out

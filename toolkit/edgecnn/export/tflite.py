@@ -1,0 +1,101 @@
+"""PyTorch → .tflite through litert-torch: float, or int8 via PT2E (strict export, per-channel weights).
+
+The input is NHWC (a camera frame's layout); int8 models take int8 input and give int8 output, with the scale
+and zero point the calibration chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.native import quiet_native_output
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the layers PT2E quantizes with weights: the candidates to keep in float."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _quantizer(float_layers: Sequence[str], qat: bool = False):
+    _litert_torch()
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    class PartialQuantizer(PT2EQuantizer):
+        """PT2EQuantizer that leaves the named modules, and everything inside them, in float.
+
+        litert-torch's own set_module_name() matches names rebuilt from nn_module_stack keys, which no longer
+        carry the module path in torch 2.14; the stack's values do.
+        """
+
+        def _annotate_for_static_quantization_config(self, model):
+            keep = {f"wrapped.{name}" for name in float_layers}
+
+            def quantized(node) -> bool:
+                return not keep.intersection(path for path, _ in node.meta.get("nn_module_stack", {}).values())
+
+            self._annotate_all_static_patterns(model, self.global_config, quantized)
+            return model
+
+    return PartialQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def _litert_torch():
+    with quiet_native_output():  # absl/oneDNN/pytree notices on first import
+        import litert_torch
+    return litert_torch
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    return _litert_torch().to_channel_last_io(model, args=[0]).eval()
+
+
+def simulate_int8(
+    model: nn.Module, img_size: int, calibration: torch.Tensor, float_layers: Sequence[str] = ()
+) -> nn.Module:
+    """The PT2E fake-quantized model (NHWC in), as the int8 .tflite will compute it, without converting."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = (torch.zeros(1, img_size, img_size, 3),)
+    try:
+        program = torch.export.export(channels_last(model), example, strict=True)
+    except Exception as e:
+        raise EdgeCNNError(f"torch.export (strict) failed, the model cannot be exported: {_first_line(e)}") from None
+    prepared = prepare_pt2e(program.module(), _quantizer(float_layers))
+    with torch.no_grad():
+        for sample in calibration:
+            prepared(sample[None].permute(0, 2, 3, 1))
+    return convert_pt2e(prepared, fold_quantize=False)
+
+
+def export_tflite(
+    model: nn.Module, img_size: int, path: Path, calibration: torch.Tensor | None = None,
+    float_layers: Sequence[str] = (),
+) -> None:
+    """Write `model` to `path`; int8 when `calibration` (normalised N×3×H×W samples) is given."""
+    litert_torch = _litert_torch()
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    example = (torch.zeros(1, img_size, img_size, 3),)
+    try:
+        with quiet_native_output():
+            if calibration is None:
+                edge = litert_torch.convert(channels_last(model), example)
+            else:
+                simulated = simulate_int8(model, img_size, calibration, float_layers)
+                quant = QuantConfig(pt2e_quantizer=_quantizer(float_layers))
+                edge = litert_torch.convert(simulated, example, quant_config=quant)
+            edge.export(str(path))
+    except EdgeCNNError:
+        raise
+    except Exception as e:
+        raise EdgeCNNError(f"litert-torch could not convert the model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__

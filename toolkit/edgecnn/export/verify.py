@@ -1,0 +1,87 @@
+"""Checking an artefact instead of trusting it: load it in its runtime, list its ops, compare it with the
+float PyTorch model on held-out images."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecnn.export.sources import Images
+from edgecnn.preprocess import Preprocess
+from edgecnn.runtime import load
+from edgecnn.runtime.modelfile import ModelFile, read_model_file
+
+
+@dataclass
+class FloatReference:
+    """The float PyTorch model's logits on the verification images, computed once per export."""
+
+    logits: np.ndarray
+    accuracy: float | None
+
+
+def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: int = 128) -> FloatReference:
+    from edgecnn.data import normalise_batch
+
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = normalise_batch(torch.from_numpy(images.pixels[start : start + batch]), pre, torch.device("cpu"))
+            outputs.append(model(x).float().numpy())
+    logits = np.concatenate(outputs)
+    return FloatReference(logits, _accuracy(logits, images.labels))
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((logits.argmax(1) == labels).mean())
+
+
+@dataclass
+class Verification:
+    model_file: ModelFile
+    accuracy: float | None
+    agreement: float
+    max_logit_error: float
+    samples: int
+
+    @property
+    def float_ops(self) -> list[str]:
+        return [f"{op.name} ({op.where})" for op in self.model_file.float_ops]
+
+
+def artefact_logits(path: Path, images: Images, threads: int | None = None) -> np.ndarray:
+    classifier = load(path, threads=threads)
+    samples = np.stack([classifier.prepare(p, color="RGB") for p in images.pixels])
+    return classifier.logits(samples)
+
+
+def verify(path: Path, images: Images, reference: FloatReference) -> Verification:
+    """Run `path` in its runtime on `images` and compare with the float model's predictions."""
+    model_file = read_model_file(path)
+    logits = artefact_logits(path, images)
+    return Verification(
+        model_file=model_file,
+        accuracy=_accuracy(logits, images.labels),
+        agreement=float((logits.argmax(1) == reference.logits.argmax(1)).mean()),
+        max_logit_error=float(np.abs(logits - reference.logits).max()),
+        samples=len(images),
+    )
+
+
+def median_latency_ms(path: Path, runs: int = 30) -> float:
+    """A quick single-thread median, to price a fallback; `edgecnn bench` is the real measurement."""
+    classifier = load(path, threads=1)
+    sample = np.zeros((1, *classifier.backend.input.shape[1:]), dtype=classifier.backend.input.dtype)
+    classifier.backend.run(sample)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier.backend.run(sample)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))

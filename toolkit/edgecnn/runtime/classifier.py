@@ -1,0 +1,124 @@
+"""A classifier over any backend: camera frame in, label out.
+
+Preprocessing is one resize (see `edgecnn.preprocess.resize_image`) and one lookup table: normalisation and,
+for int8 inputs, quantization are folded into a per-channel 256-entry table, so a frame costs one resize and
+one gather instead of float arithmetic per pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.preprocess import Preprocess, resize_image
+from edgecnn.runtime.backends import Backend, TensorSpec, open_backend
+from edgecnn.runtime.modelfile import read_model_file
+
+
+@dataclass
+class Prediction:
+    index: int
+    label: str
+    score: float
+    topk: list[tuple[str, float]]
+
+
+def input_lut(pre: Preprocess, spec: TensorSpec) -> np.ndarray:
+    """(3, 256) table: uint8 pixel value of channel c → the model's input value (normalised, maybe quantized)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    table = (values[None, :] - np.asarray(pre.mean)[:, None]) / np.asarray(pre.std)[:, None]
+    if spec.quantized:
+        info = np.iinfo(spec.dtype)
+        table = np.clip(np.round(table / spec.scale + spec.zero_point), info.min, info.max)
+    return table.astype(spec.dtype)
+
+
+def _layout_from_shape(shape: tuple[int, ...]) -> str:
+    if len(shape) != 4:
+        raise EdgeCNNError(f"model input has shape {shape}: an image classifier takes a 4-D image tensor")
+    if shape[3] == 3:
+        return "NHWC"
+    if shape[1] == 3:
+        return "NCHW"
+    raise EdgeCNNError(f"model input shape {shape} has no 3-channel axis; give --layout and --img-size")
+
+
+class Classifier:
+    def __init__(self, backend: Backend, pre: Preprocess, labels: list[str], layout: str):
+        self.backend, self.pre, self.layout = backend, pre, layout
+        out = backend.output
+        classes = out.shape[-1]
+        if len(out.shape) != 2:
+            raise EdgeCNNError(f"model output has shape {out.shape}: a classifier outputs (batch, classes)")
+        self.labels = labels if len(labels) == classes else [str(i) for i in range(classes)]
+        self._lut = input_lut(pre, backend.input)
+        self._channels = np.arange(3)
+        self.batch_fixed = backend.input.shape[0] == 1
+
+    def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+        """One H×W×3 (or H×W) uint8 frame → one input sample in the model's layout and dtype."""
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
+            raise EdgeCNNError(f"expected an H×W×3 or H×W uint8 image, got {frame.dtype} array of shape {frame.shape}")
+        image = resize_image(frame, self.pre, color=color)
+        x = self._lut[self._channels, image]
+        return np.ascontiguousarray(x.transpose(2, 0, 1)) if self.layout == "NCHW" else x
+
+    def logits(self, samples: np.ndarray) -> np.ndarray:
+        """Prepared samples (N, ...) → float logits (N, classes), dequantized where the output is int8."""
+        if self.batch_fixed:
+            raw = np.concatenate([self.backend.run(samples[i : i + 1]) for i in range(len(samples))])
+        else:
+            raw = self.backend.run(samples)
+        out = self.backend.output
+        raw = raw.astype(np.float32)
+        return (raw - out.zero_point) * out.scale if out.quantized else raw
+
+    def predict_batch(self, frames: list[np.ndarray], color: str = "BGR", k: int = 5) -> list[Prediction]:
+        if not len(frames):
+            return []
+        logits = self.logits(np.stack([self.prepare(f, color) for f in frames]))
+        return [self._prediction(row, k) for row in logits]
+
+    def predict(self, frame: np.ndarray, color: str = "BGR", k: int = 5) -> Prediction:
+        return self.predict_batch([frame], color, k)[0]
+
+    def _prediction(self, logits: np.ndarray, k: int) -> Prediction:
+        e = np.exp(logits - logits.max())
+        probs = e / e.sum()
+        order = np.argsort(-probs)[:k]
+        best = int(order[0])
+        topk = [(self.labels[i], float(probs[i])) for i in order]
+        return Prediction(best, self.labels[best], float(probs[best]), topk)
+
+
+def load(
+    path: str | Path,
+    threads: int | None = None,
+    *,
+    img_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    color: str | None = None,
+    labels: list[str] | None = None,
+) -> Classifier:
+    """Open a .tflite/.onnx classifier; its embedded card supplies preprocessing, the arguments override it."""
+    card = read_model_file(path).card or {}
+    backend = open_backend(path, threads)
+    layout = card.get("input", {}).get("layout") or _layout_from_shape(backend.input.shape)
+    spatial = backend.input.shape[1:3] if layout == "NHWC" else backend.input.shape[2:4]
+    card_pre = card.get("preprocess", {})
+    size = img_size or card_pre.get("img_size") or (spatial[0] if spatial[0] > 0 else None)
+    if not size:
+        raise EdgeCNNError(f"{path}: input size is not fixed in the model and not given; pass img_size")
+    pre = Preprocess(
+        img_size=int(size),
+        mean=tuple(mean or card_pre.get("mean") or (0.0, 0.0, 0.0)),
+        std=tuple(std or card_pre.get("std") or (1.0, 1.0, 1.0)),
+        color=color or card_pre.get("color", "RGB"),
+        crop=card_pre.get("crop"),
+        layout=layout,
+    )
+    return Classifier(backend, pre, labels or card.get("labels") or [], layout)

@@ -1,0 +1,64 @@
+"""`edgecnn info`: what a model file says about itself (torch-free)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from edgecnn.runtime.modelfile import ModelFile
+
+
+def model_summary(model: ModelFile) -> dict:
+    counts = Counter(f"{op.name}:{op.dtype}" for op in model.compute_ops)
+    return {
+        "path": str(model.path),
+        "format": model.format,
+        "inputs": model.inputs,
+        "outputs": model.outputs,
+        "ops": {
+            "total": len(model.ops),
+            "compute": len(model.compute_ops),
+            "int8": len(model.int8_ops),
+            "float": len(model.float_ops),
+            "by_type": dict(sorted(counts.items())),
+            "float_ops": [f"{op.name} ({op.where})" for op in model.float_ops],
+        },
+        "card": model.card,
+    }
+
+
+def print_model_summary(console: Console, summary: dict) -> None:
+    card = summary["card"]
+    table = Table(title=f"{summary['path']} ({summary['format']})", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    for kind in ("inputs", "outputs"):
+        for t in summary[kind]:
+            table.add_row(kind[:-1], f"{t['name']} {t['dtype']} {t['shape']}")
+    ops = summary["ops"]
+    table.add_row("ops", f"{ops['total']} ({ops['compute']} compute: {ops['int8']} int8, {ops['float']} float)")
+    table.add_row("op types", ", ".join(f"{k}×{v}" for k, v in ops["by_type"].items()))
+    if ops["float_ops"]:
+        table.add_row("float ops", ", ".join(ops["float_ops"]))
+    if card is None:
+        table.add_row("card", "none: not an edgecnn export (preprocessing must be given to the runtime)")
+    else:
+        pre, src, quant = card["preprocess"], card["source"], card["quantization"]
+        table.add_row("labels", f"{len(card['labels'])}: {', '.join(card['labels'][:10])}"
+                      + (" ..." if len(card["labels"]) > 10 else ""))
+        table.add_row("input", f"{pre['img_size']}×{pre['img_size']} {pre['layout']} {pre['color']}, "
+                      f"mean {pre['mean']}, std {pre['std']}, crop {pre['crop']}")
+        for kind in ("input", "output"):
+            t = card[kind]
+            q = f", scale {t['scale']:.6g}, zero point {t['zero_point']}" if t["scale"] else ""
+            table.add_row(f"{kind} tensor", f"{t['dtype']}{q}")
+        table.add_row("quantization", f"{quant['scheme'] or 'float'}; float layers: "
+                      f"{', '.join(quant['float_layers']) or 'none'}")
+        if quant["calibration"]:
+            table.add_row("calibration", f"{quant['calibration']['samples']} images: {quant['calibration']['images']}")
+        table.add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
+                      f"recipe {src['recipe_hash']}")
+        table.add_row("edgecnn", card["edgecnn_version"])
+    console.print(table)
