@@ -33,3 +33,18 @@ def digits_checkpoint(tmp_path_factory) -> Path:
                      "--out", out)
     assert result.returncode == 0, result.stderr
     return out / "best.pt"
+
+
+def train_quietly(tmp_path_factory, name: str, model: str, width: float = 1.0, epochs: int = 6, lr: float = 0.1,
+                  img_size: int = 32) -> Path:
+    """Train `model` on digits through the Python API (no subprocess start-up); return best.pt."""
+    import io
+
+    from rich.console import Console
+
+    from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
+    from edgecnn.train import train
+
+    recipe = Recipe(name=name, data=DataConfig(img_size=img_size), model=ModelConfig(model, width),
+                    train=TrainConfig(epochs=epochs, lr=lr, warmup_epochs=1))
+    return train(recipe, tmp_path_factory.mktemp(name), console=Console(file=io.StringIO())).best_path

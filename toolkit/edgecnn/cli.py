@@ -190,7 +190,8 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
         calibration, verification = split_unlabelled(folder_images(calib_images, source.pre), calib_samples)
         verification = verification.head(eval_samples)
     else:
-        raise EdgeCNNError("no images to verify on: give --dataset NAME or --calib-images DIR")
+        need = "--int8 needs calibration images" if int8 else "no images to verify the export on"
+        raise EdgeCNNError(f"{need}: give --dataset NAME or --calib-images DIR")
     if not int8:
         calibration = None
     elif calibration is not None:
@@ -205,6 +206,8 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
 
 
 def _failure(artefact, options) -> str:
+    if artefact.status == "export failed":
+        return artefact.error
     if artefact.status == "float ops left":
         return f"float ops: {', '.join(artefact.float_ops[:5])}; --allow-float-ops accepts them"
     return f"top-1 drop {artefact.drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop}"

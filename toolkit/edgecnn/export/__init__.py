@@ -2,15 +2,15 @@
 
     artefacts = export(source, options, out_dir, calibration, verification)
 
-Per format the steps are the same: build into a temp file, embed the model card, load and run it in its
-runtime, list its ops (an int8 export with a float compute op left fails, naming the op), compare with the
-float PyTorch model, apply the accuracy gate (with the layer fallback), then rename into place.
+Per format the steps are the same: build into a scratch file, embed the model card, load and run it in its
+runtime, list its ops (an int8 export with a float compute op left fails, naming the op), compare it with the
+float PyTorch model, apply the accuracy gate (with the layer fallback), and only then rename it into place.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +22,14 @@ from edgecnn import __version__
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
-from edgecnn.export.verify import FloatReference, Verification, float_reference, median_latency_ms, verify
-from edgecnn.runtime.backends import open_backend
+from edgecnn.export.verify import FloatReference, Verification, compare, float_reference, median_latency_ms, verify
+from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.modelfile import embed_card
 
 FORMATS = ("tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
-RANKING_SAMPLES = 256
+LAYOUT = {"tflite": "NHWC", "onnx": "NCHW"}
+RANKING_SAMPLES = 256  # verification images used to rank layers for the fallback
 
 
 @dataclass
@@ -46,15 +47,16 @@ class Artefact:
     path: str
     format: str
     int8: bool
-    size_bytes: int
-    float_ops: list[str]
-    accuracy: float | None
-    float_accuracy: float | None
-    agreement: float
-    max_logit_error: float
-    export_seconds: float
-    samples: int
-    status: str = "ok"  # ok | gate failed | float ops left
+    size_bytes: int = 0
+    float_ops: list[str] = field(default_factory=list)
+    accuracy: float | None = None
+    float_accuracy: float | None = None
+    agreement: float = 0.0
+    max_logit_error: float = float("nan")
+    export_seconds: float = 0.0
+    samples: int = 0
+    status: str = "ok"  # ok | gate failed | float ops left | export failed
+    error: str | None = None
     float_layers: list[str] = field(default_factory=list)
     fallback: dict | None = None
     ops: dict = field(default_factory=dict)
@@ -65,7 +67,7 @@ class Artefact:
 
 
 def accuracy_drop(accuracy: float | None, float_accuracy: float | None, agreement: float) -> float:
-    """Top-1 points lost against the float model; without labels, the points of disagreement."""
+    """Top-1 points lost against the float model; without labels, the points of disagreement with it."""
     if accuracy is None or float_accuracy is None:
         return 100.0 * (1.0 - agreement)
     return 100.0 * (float_accuracy - accuracy)
@@ -81,28 +83,28 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def model_card(source: ExportSource, path: Path, options: ExportOptions, calibration: Images | None,
+def _tensor_card(spec: TensorSpec) -> dict:
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype.name, "scale": spec.scale,
+            "zero_point": spec.zero_point}
+
+
+def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, calibration: Images | None,
                float_layers: list[str]) -> dict:
-    """What the runtime needs to use the file, and where it came from; read back with `edgecnn info`."""
+    """What the runtime needs to use the file, and where it came from; `edgecnn info` prints it."""
     backend = open_backend(path)
-    tensor = lambda spec: {  # noqa: E731
-        "name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype.name,
-        "scale": spec.scale, "zero_point": spec.zero_point,
-    }
-    layout = "NHWC" if path.suffix == ".tflite" else "NCHW"
     return {
         "edgecnn_version": __version__,
         "card_version": 1,
         "task": "image-classification",
         "labels": source.labels,
-        "preprocess": {**source.pre.to_dict(), "layout": layout},
-        "input": {**tensor(backend.input), "layout": layout},
-        "output": {**tensor(backend.output), "kind": "logits"},
-        "source": {"model": source.name, "width": source.width, "dataset": source.dataset,
-                   "from": source.origin, "recipe_hash": source.recipe_hash},
+        "preprocess": {**source.pre.to_dict(), "layout": LAYOUT[fmt]},
+        "input": {**_tensor_card(backend.input), "layout": LAYOUT[fmt]},
+        "output": {**_tensor_card(backend.output), "kind": "logits"},
+        "source": {"model": source.name, "width": source.width, "dataset": source.dataset, "from": source.origin,
+                   "recipe_hash": source.recipe_hash},
         "quantization": {
-            "int8": options.int8,
-            "scheme": _scheme(path.suffix, options) if options.int8 else None,
+            "int8": scheme is not None,
+            "scheme": scheme,
             "calibration": None if calibration is None else {"samples": len(calibration),
                                                               "images": calibration.description},
             "float_layers": float_layers,
@@ -110,38 +112,33 @@ def model_card(source: ExportSource, path: Path, options: ExportOptions, calibra
     }
 
 
-def _scheme(suffix: str, options: ExportOptions) -> str:
-    if suffix == ".tflite":
-        return "PT2E static int8, per-channel symmetric weights, int8 activations"
-    if options.target == "x86":
-        return "onnxruntime QDQ, uint8 activations + int8 per-channel weights, reduce_range (x86)"
-    return "onnxruntime QDQ, int8 activations + int8 per-channel weights (arm)"
-
-
 class FormatBuilder:
-    """How one format writes an artefact with some layers kept in float, and ranks its layers."""
+    """How one format writes an artefact (with some layers kept in float) and ranks its layers."""
 
     def __init__(self, fmt: str, source: ExportSource, options: ExportOptions, calibration: torch.Tensor | None,
                  scratch: Path):
-        self.fmt, self.source, self.options, self.calibration, self.scratch = fmt, source, options, calibration, scratch
+        self.fmt, self.source, self.options, self.calibration = fmt, source, options, calibration
+        self.scratch = scratch
         self._float_onnx: Path | None = None
 
-    def build(self, path: Path, float_layers: list[str]) -> None:
+    def build(self, path: Path, float_layers: list[str]) -> str | None:
+        """Write the artefact; return the int8 scheme used (None for float)."""
         size = self.source.pre.img_size
         if self.fmt == "tflite":
-            from edgecnn.export.tflite import export_tflite
+            from edgecnn.export.tflite import SCHEME, export_tflite
 
             export_tflite(self.source.model, size, path, self.calibration, float_layers)
-            return
-        from edgecnn.export.onnx import export_float_onnx, quantize_onnx
+            return None if self.calibration is None else SCHEME
+        from edgecnn.export.onnx import export_float_onnx, quantize_onnx, scheme
 
         if self.calibration is None:
             export_float_onnx(self.source.model, size, path)
-            return
+            return None
         if self._float_onnx is None:
             self._float_onnx = self.scratch / "float.onnx"
             export_float_onnx(self.source.model, size, self._float_onnx)
-        quantize_onnx(self._float_onnx, path, self.calibration, self.options.target, float_layers)
+        method = quantize_onnx(self._float_onnx, path, self.calibration, self.options.target, float_layers)
+        return f"{scheme(self.options.target)}, {method} calibration"
 
     def candidates(self) -> dict[str, str]:
         """Layer id (what `build` takes) → the PyTorch module path shown to the user."""
@@ -153,32 +150,30 @@ class FormatBuilder:
 
         return quantizable_nodes(self._float_onnx)
 
-    def rank(self, images: Images, reference: FloatReference, baseline: float) -> list[str]:
-        """Candidates ordered by how much keeping each one alone in float recovers, most first."""
+    def rank(self, images: Images, reference: FloatReference, int8_drop: float) -> list[str]:
+        """Layers ordered by how much keeping each one alone in float recovers, most first."""
         gains = {}
         for layer in self.candidates():
-            gains[layer] = baseline - self._drop_with_float(layer, images, reference)
+            accuracy, agreement, _ = compare(self._logits_with_float(layer, images), reference)
+            gains[layer] = int8_drop - accuracy_drop(accuracy, reference.accuracy, agreement)
         return sorted(gains, key=lambda k: -gains[k])
 
-    def _drop_with_float(self, layer: str, images: Images, reference: FloatReference) -> float:
+    def _logits_with_float(self, layer: str, images: Images) -> np.ndarray:
         if self.fmt == "tflite":
-            # Simulated in PyTorch (PT2E fake-quant) instead of converting once per layer.
+            # Simulated in PyTorch (PT2E fake-quant, as the converter will compute) instead of one conversion
+            # per layer.
             from edgecnn.data import normalise_batch
             from edgecnn.export.tflite import simulate_int8
 
             sim = simulate_int8(self.source.model, self.source.pre.img_size, self.calibration, [layer])
+            x = normalise_batch(torch.from_numpy(images.pixels), self.source.pre, torch.device("cpu"))
             with torch.no_grad():
-                x = normalise_batch(torch.from_numpy(images.pixels), self.source.pre, torch.device("cpu"))
-                logits = np.concatenate([sim(x[i : i + 1].permute(0, 2, 3, 1)).numpy() for i in range(len(x))])
-        else:
-            from edgecnn.export.verify import artefact_logits
+                return np.concatenate([sim(x[i : i + 1].permute(0, 2, 3, 1)).numpy() for i in range(len(x))])
+        from edgecnn.export.verify import artefact_logits
 
-            path = self.scratch / "rank.onnx"
-            self.build(path, [layer])
-            logits = artefact_logits(path, images)
-        accuracy = None if images.labels is None else float((logits.argmax(1) == images.labels).mean())
-        agreement = float((logits.argmax(1) == reference.logits.argmax(1)).mean())
-        return accuracy_drop(accuracy, reference.accuracy, agreement)
+        path = self.scratch / "rank.onnx"
+        self.build(path, [layer])
+        return artefact_logits(path, images)
 
 
 def export(
@@ -189,15 +184,16 @@ def export(
     verification: Images,
     console: Console | None = None,
 ) -> list[Artefact]:
-    """Write one verified artefact per format into out_dir; each is checked before its final name appears."""
+    """Write one verified artefact per format into out_dir; a format that fails is reported, not written."""
     console = console or Console()
     out_dir = Path(out_dir)
     if options.int8 and (calibration is None or len(calibration) == 0):
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
-        raise EdgeCNNError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+        raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
     calib_tensor = None
     if options.int8:
         from edgecnn.data import normalise_batch
@@ -205,36 +201,37 @@ def export(
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
     reference = float_reference(source.model, source.pre, verification)
     stem = source.name + ("_int8" if options.int8 else "")
-    import tempfile
-
     artefacts = []
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as scratch:
+    with scratch_dir as scratch:
         for fmt in options.formats:
-            builder = FormatBuilder(fmt, source, options, calib_tensor, Path(scratch))
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
             console.print(f"exporting {final} ...")
-            artefacts.append(_export_one(builder, final, Path(scratch), calibration, verification, reference,
-                                         console))
+            builder = FormatBuilder(fmt, source, options, calib_tensor, Path(scratch))
+            try:
+                artefact = _export_one(builder, final, calibration, verification, reference, console)
+            except EdgeCNNError as e:
+                artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
+            artefacts.append(artefact)
     return artefacts
 
 
-def _export_one(builder: FormatBuilder, final: Path, scratch: Path, calibration: Images | None,
-                verification: Images, reference: FloatReference, console: Console) -> Artefact:
-    options, source = builder.options, builder.source
-    started = time.perf_counter()
+def _export_one(builder: FormatBuilder, final: Path, calibration: Images | None, verification: Images,
+                reference: FloatReference, console: Console) -> Artefact:
+    options, started = builder.options, time.perf_counter()
 
     def build_verified(path: Path, float_layers: list[str]) -> Verification:
-        builder.build(path, float_layers)
-        embed_card(path, model_card(source, path, options, calibration, float_layers))
+        scheme = builder.build(path, float_layers)
+        names = builder.candidates() if float_layers else {}
+        shown = [names[layer] for layer in float_layers]
+        embed_card(path, model_card(builder.source, path, builder.fmt, scheme, calibration, shown))
         return verify(path, verification, reference)
 
-    work = scratch / f"{final.stem}.work{final.suffix}"
-    checked = build_verified(work, [])
-    artefact = _artefact(final, builder.fmt, options, checked, reference, time.perf_counter() - started, [])
+    work = builder.scratch / f"{final.stem}.work{final.suffix}"
+    artefact = _artefact(final, builder.fmt, options, build_verified(work, []), reference, started)
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
     if options.int8 and over_budget and options.fallback:
-        artefact, checked = _fallback(builder, work, final, scratch, artefact, build_verified, verification,
-                                      reference, console, started)
+        artefact = _fallback(builder, work, final, artefact, build_verified, verification, reference, console,
+                             started)
         over_budget = artefact.drop > options.max_accuracy_drop
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"
@@ -242,60 +239,53 @@ def _export_one(builder: FormatBuilder, final: Path, scratch: Path, calibration:
         artefact.status = "gate failed"
     if artefact.status == "ok":
         work.replace(final)
-    else:
-        final.unlink(missing_ok=True)
     return artefact
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,
-              seconds: float, float_layers: list[str]) -> Artefact:
+              started: float, float_layers: list[str] | None = None) -> Artefact:
     ops = checked.model_file
     return Artefact(
         path=str(final), format=fmt, int8=options.int8, size_bytes=ops.path.stat().st_size,
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
-        agreement=checked.agreement, max_logit_error=checked.max_logit_error, export_seconds=round(seconds, 2),
-        samples=checked.samples, float_layers=float_layers,
+        agreement=checked.agreement, max_logit_error=checked.max_logit_error,
+        export_seconds=round(time.perf_counter() - started, 2), samples=checked.samples,
+        float_layers=float_layers or [],
         ops={"total": len(ops.ops), "compute": len(ops.compute_ops), "int8": len(ops.int8_ops),
              "float": len(ops.float_ops), "input": ops.inputs[0]["dtype"], "output": ops.outputs[0]["dtype"]},
     )
 
 
-def _fallback(builder: FormatBuilder, work: Path, final: Path, scratch: Path, full_int8: Artefact,
-              build_verified: Callable[[Path, list[str]], Verification], verification: Images,
-              reference: FloatReference, console: Console, started: float) -> tuple[Artefact, Verification | None]:
-    options = builder.options
-    console.print(f"  drop {full_int8.drop:.2f} points > budget {options.max_accuracy_drop}: ranking layers by "
+def _fallback(builder: FormatBuilder, work: Path, final: Path, full_int8: Artefact, build_verified,
+              verification: Images, reference: FloatReference, console: Console, started: float) -> Artefact:
+    budget = builder.options.max_accuracy_drop
+    console.print(f"  {builder.fmt}: drop {full_int8.drop:.2f} points > budget {budget}: ranking layers by "
                   "quantization sensitivity")
     subset = verification.head(RANKING_SAMPLES)
-    ranked = builder.rank(subset, FloatReference(reference.logits[: len(subset)], reference.accuracy
-                                                 if subset is verification else _subset_accuracy(reference, subset)),
-                          full_int8.drop)
-    names = builder.candidates()
-    trial = scratch / f"{final.stem}.trial{final.suffix}"
+    ranked = builder.rank(subset, reference.head(len(subset)), full_int8.drop)
+    trial = builder.scratch / f"{final.stem}.trial{final.suffix}"
 
     def drop_with(layers: list[str]) -> float:
         checked = build_verified(trial, layers)
         return accuracy_drop(checked.accuracy, reference.accuracy, checked.agreement)
 
-    found = fewest_float_layers(ranked, drop_with, options.max_accuracy_drop)
+    found = fewest_float_layers(ranked, drop_with, budget)
     if found is None:
-        console.print("  even with every layer in float the drop stays over budget")
-        return full_int8, None
-    int8_latency, int8_size = median_latency_ms(work), work.stat().st_size
-    checked = build_verified(work, found.float_layers)
+        console.print(f"  {builder.fmt}: even with every ranked layer in float the drop stays over budget")
+        full_int8.fallback = {"float_layers": None, "ranked_layers": len(ranked), "int8_drop": full_int8.drop,
+                              "note": "no set of float layers met the budget"}
+        return full_int8
+    int8_latency = median_latency_ms(work)
+    names = builder.candidates()
     shown = [names[layer] for layer in found.float_layers]
-    artefact = _artefact(final, builder.fmt, options, checked, reference, time.perf_counter() - started, shown)
+    artefact = _artefact(final, builder.fmt, builder.options, build_verified(work, found.float_layers), reference,
+                         started, shown)
     artefact.fallback = {
-        "float_layers": shown, "ranked_candidates": len(ranked), "artefacts_tried": found.tried,
+        "float_layers": shown, "ranked_layers": len(ranked), "artefacts_tried": found.tried,
         "int8_drop": full_int8.drop, "drop": artefact.drop,
         "latency_ms_int8": int8_latency, "latency_ms": median_latency_ms(work),
-        "size_bytes_int8": int8_size, "size_bytes": artefact.size_bytes,
+        "size_bytes_int8": full_int8.size_bytes, "size_bytes": artefact.size_bytes,
     }
-    console.print(f"  kept {len(shown)} layer(s) in float: {', '.join(shown)} → drop {artefact.drop:.2f} points")
-    return artefact, checked
-
-
-def _subset_accuracy(reference: FloatReference, subset: Images) -> float | None:
-    if subset.labels is None:
-        return None
-    return float((reference.logits[: len(subset)].argmax(1) == subset.labels).mean())
+    console.print(f"  {builder.fmt}: kept {len(shown)} layer(s) in float ({', '.join(shown)}): drop "
+                  f"{full_int8.drop:.2f} → {artefact.drop:.2f} points")
+    return artefact

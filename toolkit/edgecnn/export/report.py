@@ -15,6 +15,13 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def _first(items: list[str], n: int) -> str:
+    if not items:
+        return "none"
+    more = f" … ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
 def print_export_table(console: Console, artefacts: list[Artefact], verification: Images) -> None:
     table = Table(title=f"verified on {len(verification)} images: {verification.description}")
     for column in ("artefact", "int8", "size", "accuracy", "float acc.", "agreement", "max |Δlogit|", "float ops",
@@ -24,11 +31,11 @@ def print_export_table(console: Console, artefacts: list[Artefact], verification
         table.add_row(
             a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", _pct(a.accuracy),
             _pct(a.float_accuracy), _pct(a.agreement), f"{a.max_logit_error:.4f}",
-            ", ".join(a.float_ops) if a.float_ops else "none", f"{a.export_seconds:.1f}", a.status,
+            _first(a.float_ops, 3), f"{a.export_seconds:.1f}", a.status,
         )
     console.print(table)
     for a in artefacts:
-        if a.fallback:
+        if a.fallback and a.fallback["float_layers"]:
             f = a.fallback
             console.print(
                 f"{a.path}: kept in float {', '.join(f['float_layers'])}; drop {f['int8_drop']:.2f} → "

@@ -66,17 +66,16 @@ def read_labels(path: str | Path) -> list[str]:
 def source_from_weights(
     name: str, weights: str, labels: list[str] | None, img_size: int | None, width: float = 1.0
 ) -> ExportSource:
-    """A torchvision-style classifier from a state_dict: ImageNet normalisation, 1000 classes unless the
-    labels say otherwise, torchvision's centre crop."""
-    from edgecnn.models import build_model, load_pretrained
+    """A torchvision-style classifier from a state_dict: ImageNet normalisation and torchvision's centre crop;
+    as many classes as the weights' head has (1000 for ImageNet weights)."""
+    from edgecnn.models import build_model, head_classes, load_pretrained, weights_state_dict
 
-    num_classes = len(labels) if labels else IMAGENET_CLASSES
+    state = weights_state_dict(name, weights)
+    num_classes = head_classes(name, state) or IMAGENET_CLASSES
+    if labels and len(labels) != num_classes:
+        raise EdgeCNNError(f"--labels has {len(labels)} names but weights {weights} predict {num_classes} classes")
     model = build_model(name, num_classes, width)
-    note = load_pretrained(model, name, weights)
-    if "new classifier head" in note:
-        raise EdgeCNNError(
-            f"weights {weights} have another class count than {num_classes}: pass --labels with one line per class"
-        )
+    load_pretrained(model, name, weights, state)
     pre = Preprocess(img_size=img_size or 224, crop=TORCHVISION_CROP)
     return ExportSource(model.eval(), pre, labels or [str(i) for i in range(num_classes)], name, width,
                         origin=str(weights))

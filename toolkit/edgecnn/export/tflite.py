@@ -15,6 +15,8 @@ from torch import nn
 from edgecnn.errors import EdgeCNNError
 from edgecnn.native import quiet_native_output
 
+SCHEME = "PT2E static int8: per-channel symmetric int8 weights, int8 activations (histogram calibration)"
+
 
 def quantizable_layers(model: nn.Module) -> list[str]:
     """Names of the layers PT2E quantizes with weights: the candidates to keep in float."""

@@ -22,7 +22,14 @@ class FloatReference:
     """The float PyTorch model's logits on the verification images, computed once per export."""
 
     logits: np.ndarray
-    accuracy: float | None
+    labels: np.ndarray | None
+
+    @property
+    def accuracy(self) -> float | None:
+        return _accuracy(self.logits, self.labels)
+
+    def head(self, n: int) -> FloatReference:
+        return FloatReference(self.logits[:n], None if self.labels is None else self.labels[:n])
 
 
 def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: int = 128) -> FloatReference:
@@ -34,8 +41,7 @@ def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: in
         for start in range(0, len(images), batch):
             x = normalise_batch(torch.from_numpy(images.pixels[start : start + batch]), pre, torch.device("cpu"))
             outputs.append(model(x).float().numpy())
-    logits = np.concatenate(outputs)
-    return FloatReference(logits, _accuracy(logits, images.labels))
+    return FloatReference(np.concatenate(outputs), images.labels)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -61,17 +67,17 @@ def artefact_logits(path: Path, images: Images, threads: int | None = None) -> n
     return classifier.logits(samples)
 
 
+def compare(logits: np.ndarray, reference: FloatReference) -> tuple[float | None, float, float]:
+    """(accuracy, top-1 agreement with the float model, max |logit difference|)."""
+    agreement = float((logits.argmax(1) == reference.logits.argmax(1)).mean())
+    return _accuracy(logits, reference.labels), agreement, float(np.abs(logits - reference.logits).max())
+
+
 def verify(path: Path, images: Images, reference: FloatReference) -> Verification:
     """Run `path` in its runtime on `images` and compare with the float model's predictions."""
     model_file = read_model_file(path)
-    logits = artefact_logits(path, images)
-    return Verification(
-        model_file=model_file,
-        accuracy=_accuracy(logits, images.labels),
-        agreement=float((logits.argmax(1) == reference.logits.argmax(1)).mean()),
-        max_logit_error=float(np.abs(logits - reference.logits).max()),
-        samples=len(images),
-    )
+    accuracy, agreement, max_error = compare(artefact_logits(path, images), reference)
+    return Verification(model_file, accuracy, agreement, max_error, len(images))
 
 
 def median_latency_ms(path: Path, runs: int = 30) -> float:

@@ -105,14 +105,25 @@ def download_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_pretrained(model: nn.Module, name: str, weights: str) -> str:
+def weights_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """`weights` is a file (.pth/.pt or any existing path) or a torchvision weights name."""
+    path = Path(weights)
+    is_file = path.suffix in (".pth", ".pt") or path.exists()
+    return read_state_dict(path) if is_file else download_state_dict(name, weights)
+
+
+def head_classes(name: str, state: dict[str, torch.Tensor]) -> int | None:
+    """How many classes the weights' classifier head predicts, if the state_dict has that head."""
+    weight = state.get(model_spec(name).head + ".weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str, state: dict | None = None) -> str:
     """Load `weights` (a file or a torchvision name) into `model`; return a one-line note of what was done.
 
     The classifier head is kept only if its shape fits; everything else must match exactly.
     """
-    path = Path(weights)
-    is_file = path.suffix in (".pth", ".pt") or path.exists()
-    state = read_state_dict(path) if is_file else download_state_dict(name, weights)
+    state = weights_state_dict(name, weights) if state is None else state
     head = model_spec(name).head + "."
     own = model.state_dict()
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]

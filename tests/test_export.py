@@ -1,0 +1,244 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_clean_error, edgecnn, train_quietly
+from edgecnn import runtime
+from edgecnn.checkpoint import Checkpoint, save_checkpoint
+from edgecnn.data import load_dataset
+from edgecnn.errors import EdgeCNNError
+from edgecnn.models import build_model
+from edgecnn.preprocess import Preprocess
+from edgecnn.runtime.modelfile import embed_card, read_model_file
+
+# (model, width, learning rate): each trains on digits at 32 px in ~15 s.
+MODELS = {
+    "resnet8": ("resnet8", 1.0, 0.1),
+    "mobilenet_v2": ("mobilenet_v2", 0.5, 0.02),
+    "mobilenet_v3_small_edge": ("mobilenet_v3_small_edge", 0.5, 0.1),
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, width, lr = MODELS[name]
+            cache[name] = train_quietly(tmp_path_factory, name, model, width, lr=lr)
+        return cache[name]
+
+    return get
+
+
+def export_json(*args, cwd=None):
+    out = args[args.index("--out") + 1]
+    result = edgecnn("export", *args, "--json", f"{out}/report.json", cwd=cwd)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    return result, report
+
+
+def check_int8_artefacts(report, fmt_count=2):
+    artefacts = report["artifacts"]
+    assert len(artefacts) == fmt_count
+    for a in artefacts:
+        assert a["status"] == "ok" and a["int8"] is True
+        assert a["float_ops"] == []
+        assert a["accuracy"] >= a["float_accuracy"] - 0.01, a
+        assert a["agreement"] >= 0.97, a
+        assert a["export_seconds"] > 0 and a["size_bytes"] > 0
+        # Read the file again, independently of the report: int8 compute everywhere.
+        model_file = read_model_file(a["path"])
+        assert model_file.float_ops == [] and len(model_file.int8_ops) >= 3
+        assert model_file.card["quantization"]["int8"] is True
+    tflite = next(a for a in artefacts if a["format"] == "tflite")
+    assert tflite["ops"]["input"] == "int8" and tflite["ops"]["output"] == "int8"
+    return artefacts
+
+
+def test_digits_tinycnn_exports_to_verified_int8(digits_checkpoint, tmp_path):
+    result, report = export_json(digits_checkpoint, "--int8", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_int8_artefacts(report)
+    assert report["verification"] == {"samples": 359, "images": "digits test split", "labelled": True}
+    assert report["calibration"]["samples"] == 200
+    assert "calibrating on 200 images" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "tinycnn_int8.onnx", "tinycnn_int8.tflite"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_edge_models_export_fully_int8(trained, name, tmp_path):
+    result, report = export_json(trained(name), "--int8", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_int8_artefacts(report)
+
+
+def test_float_export_matches_pytorch(digits_checkpoint, tmp_path):
+    result, report = export_json(digits_checkpoint, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for a in report["artifacts"]:
+        assert a["int8"] is False and a["agreement"] == 1.0 and a["max_logit_error"] < 1e-3
+        assert read_model_file(a["path"]).card["quantization"]["scheme"] is None
+    assert {p.name for p in tmp_path.iterdir()} >= {"tinycnn.tflite", "tinycnn.onnx"}
+
+
+def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
+    result, report = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--target", "arm", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    ops = read_model_file(report["artifacts"][0]["path"]).compute_ops
+    assert {op.dtype for op in ops} == {"int8"}
+    x86 = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--out", tmp_path / "x86")[1]
+    assert {op.dtype for op in read_model_file(x86["artifacts"][0]["path"]).compute_ops} == {"uint8"}
+
+
+def test_info_shows_the_card(digits_checkpoint, tmp_path):
+    export_json(digits_checkpoint, "--int8", "--out", tmp_path)
+    for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
+        shown = edgecnn("info", path)
+        assert shown.returncode == 0, shown.stderr
+        assert "32×32" in shown.stdout and "calibration" in shown.stdout and "0, 1, 2" in shown.stdout
+        summary = json.loads(edgecnn("info", path, "--json").stdout)
+        card = summary["card"]
+        assert card["labels"] == [str(d) for d in range(10)] and card["preprocess"]["img_size"] == 32
+        assert card["source"]["model"] == "tinycnn" and card["edgecnn_version"]
+        assert summary["ops"]["float"] == 0 and summary["ops"]["int8"] > 0
+    tflite_card = json.loads(edgecnn("info", tmp_path / "tinycnn_int8.tflite", "--json").stdout)["card"]
+    assert tflite_card["input"]["layout"] == "NHWC" and tflite_card["input"]["dtype"] == "int8"
+    assert tflite_card["input"]["scale"] > 0
+
+
+def test_runtime_classifies_from_the_card_alone(digits_checkpoint, tmp_path):
+    """A camera script needs only the file: BGR frames of any size in, labels out."""
+    export_json(digits_checkpoint, "--int8", "--out", tmp_path)
+    test = load_dataset("digits").test
+    for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
+        clf = runtime.load(path, threads=1)
+        frames = [cv2.resize(cv2.cvtColor(test.image(i), cv2.COLOR_GRAY2BGR), (64, 48)) for i in range(100)]
+        predictions = clf.predict_batch(frames)
+        accuracy = np.mean([int(p.label) == test.labels[i] for i, p in enumerate(predictions)])
+        assert accuracy >= 0.9
+        single = clf.predict(frames[0])
+        assert single.label == predictions[0].label and 0 < single.score <= 1 and len(single.topk) == 5
+        assert clf.predict(test.image(0)).label == single.label  # H×W grayscale frames too
+
+
+def test_float_op_left_is_named_and_nothing_is_written(tmp_path):
+    """torchvision's MobileNetV3 keeps Hardsigmoid in float in TFLite: refuse it, naming the op."""
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", 10, 0.5)
+    ckpt = tmp_path / "mbv3.pt"
+    save_checkpoint(ckpt, Checkpoint("mobilenet_v3_small", 10, [str(i) for i in range(10)],
+                                     Preprocess(32, (0.3,) * 3, (0.37,) * 3), "digits", model.state_dict(), 0.5))
+    out = tmp_path / "out"
+    result, report = export_json(ckpt, "--int8", "--format", "tflite", "--eval-samples", "20", "--out", out)
+    assert_clean_error(result, "tflite: float ops left", "scale_activation", "--allow-float-ops")
+    assert report["artifacts"][0]["status"] == "float ops left"
+    assert not (out / "mobilenet_v3_small_int8.tflite").exists()
+    assert [p.name for p in out.iterdir()] == ["report.json"]  # no scratch files left behind
+
+
+def test_gate_fails_with_numbers_and_fallback_recovers(trained, tmp_path):
+    ckpt = trained("resnet8")
+    strict, report = export_json(ckpt, "--int8", "--max-accuracy-drop", "0", "--no-fallback", "--eval-samples",
+                                 "300", "--out", tmp_path / "strict")
+    drops = [a["float_accuracy"] - a["accuracy"] for a in report["artifacts"]]
+    if max(drops) <= 0:
+        pytest.skip("int8 lost nothing on this run: no gate to fail")
+    assert_clean_error(strict, "gate failed", "> --max-accuracy-drop 0")
+    failed = [a for a in report["artifacts"] if a["status"] == "gate failed"]
+    assert failed and not any((tmp_path / "strict" / f"resnet8_int8.{a['format']}").exists() for a in failed)
+
+    result, report = export_json(ckpt, "--int8", "--max-accuracy-drop", "0", "--eval-samples", "300",
+                                 "--out", tmp_path / "fallback")
+    assert result.returncode == 0, result.stderr
+    for a in report["artifacts"]:
+        if a["fallback"] is None:
+            continue
+        assert a["accuracy"] >= a["float_accuracy"] and a["float_layers"]
+        assert a["fallback"]["float_layers"] == a["float_layers"]
+        assert a["fallback"]["latency_ms"] > 0 and a["fallback"]["size_bytes_int8"] > 0
+        assert read_model_file(a["path"]).card["quantization"]["float_layers"] == a["float_layers"]
+        assert "kept" in result.stdout
+
+
+def test_pretrained_weights_with_a_calibration_folder(tmp_path):
+    """--model/--weights/--calib-images: the path users take with torchvision weights and their own photos."""
+    torch.manual_seed(0)
+    torch.save(build_model("tinycnn", 4).state_dict(), tmp_path / "w.pth")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nowl\nfox\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        cv2.imwrite(str(photos / f"{i}.jpg"), cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), np.uint8), (9, 9), 3))
+    result, report = export_json("--model", "tinycnn", "--weights", tmp_path / "w.pth", "--labels",
+                                 tmp_path / "labels.txt", "--img-size", "32", "--calib-images", photos, "--int8",
+                                 "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert report["calibration"]["samples"] == 12 and report["verification"]["samples"] == 12
+    assert report["verification"]["labelled"] is False
+    card = read_model_file(tmp_path / "out" / "tinycnn_int8.tflite").card
+    assert card["labels"] == ["cat", "dog", "owl", "fox"] and card["preprocess"]["crop"] == 0.875
+    assert card["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--format", "tflite,pdf"], "unknown format 'pdf'"),
+        (["--format", "tflit"], "did you mean 'tflite'"),
+        (["--model", "tinycnn", "--weights", "w.pth", "--int8"], "--int8 needs calibration images"),
+        (["--model", "tinycnn", "--weights", "w.pth", "--labels", "three.txt", "--calib-images", "."],
+         "--labels has 3 names but weights w.pth predict 10"),
+        (["--model", "resnet18", "--weights", "w.pth", "--calib-images", "."], "do not fit resnet18"),
+        ([], "nothing to export"),
+        (["--out", "blocker/sub"], "cannot write to output folder"),
+    ],
+)
+def test_bad_export_input(digits_checkpoint, tmp_path, args, fragment):
+    torch.save(build_model("tinycnn", 10).state_dict(), tmp_path / "w.pth")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    uses_checkpoint = not any(a in args for a in ("--model",)) and args != []
+    full = ([str(digits_checkpoint)] if uses_checkpoint else []) + args
+    if "--out" not in args:
+        full += ["--out", "out"]
+    assert_clean_error(edgecnn("export", *full, cwd=tmp_path), fragment)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.t*"))
+
+
+def test_a_model_that_cannot_be_exported_is_named(tmp_path):
+    from edgecnn.export.tflite import export_tflite
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x.mean() if x.sum() > 0 else x.max()
+
+    with pytest.raises(EdgeCNNError, match="cannot be exported|could not convert"):
+        export_tflite(DataDependent(), 8, tmp_path / "x.tflite", torch.randn(2, 3, 8, 8))
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_card_round_trip_and_replacement(digits_checkpoint, tmp_path):
+    export_json(digits_checkpoint, "--out", tmp_path)
+    for path in (tmp_path / "tinycnn.tflite", tmp_path / "tinycnn.onnx"):
+        embed_card(path, {"labels": ["x"], "note": 1})
+        embed_card(path, {"labels": ["y"], "note": 2})
+        assert read_model_file(path).card == {"labels": ["y"], "note": 2}
+        runtime.load(path)  # still a loadable model
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+def test_info_refuses_corrupt_files(digits_checkpoint, tmp_path, suffix):
+    export_json(digits_checkpoint, "--out", tmp_path)
+    data = (tmp_path / f"tinycnn{suffix}").read_bytes()
+    (tmp_path / f"trunc{suffix}").write_bytes(data[: len(data) // 3])
+    (tmp_path / f"random{suffix}").write_bytes(np.random.default_rng(0).bytes(5000))
+    for name in ("trunc", "random"):
+        assert_clean_error(edgecnn("info", tmp_path / f"{name}{suffix}"), f"{name}{suffix}")
+    (tmp_path / "model.pb").write_bytes(data)
+    assert_clean_error(edgecnn("info", tmp_path / "model.pb"), "unknown model format")
