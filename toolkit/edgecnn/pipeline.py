@@ -39,6 +39,7 @@ class Stage:
     sections: tuple[str, ...]
     consumes: tuple[str, ...]  # upstream stages whose output files feed this one
     run: Callable[[StageContext], tuple[dict[str, str], dict[str, Any]]]  # -> (outputs, metrics)
+    wanted: Callable[[Recipe], bool] = lambda recipe: True
 
 
 def _train_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
@@ -50,8 +51,15 @@ def _train_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
     return outputs, {"best_top1": result.best_top1, "last_top1": result.last_top1, "epochs": result.epochs}
 
 
+def _export_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
+    from edgecnn.export.recipe import run_export
+
+    return run_export(ctx.recipe, ctx.upstream["train"]["best"], ctx.out_dir / "export", ctx.console)
+
+
 STAGES: list[Stage] = [
     Stage("train", ("data", "model", "train"), (), _train_stage),
+    Stage("export", ("data", "quantize", "export"), ("train",), _export_stage, lambda r: bool(r.export.formats)),
 ]
 
 
@@ -87,7 +95,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console, force: boo
         "recipe": recipe.name, "recipe_hash": recipe.hash, "edgecnn_version": __version__, "stages": {},
     }
     upstream: dict[str, dict[str, str]] = {}
-    for stage in STAGES:
+    for stage in [s for s in STAGES if s.wanted(recipe)]:
         fingerprint = _fingerprint(stage, recipe, upstream)
         before = previous.get(stage.name, {})
         same = before.get("fingerprint") == fingerprint

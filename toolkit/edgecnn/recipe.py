@@ -57,12 +57,35 @@ class TrainConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    method: Literal["none", "ptq", "qat"] = "none"
+    calib_samples: int = 200
+    target: Literal["x86", "arm"] = "x86"
+    # Top-1 points the int8 artefacts may lose against the float model; over it the export fails (after the
+    # fallback has tried keeping the most sensitive layers in float).
+    max_accuracy_drop: float | None = None
+    fallback: bool = True
+    # Quantization-aware training (method: qat): epochs of fine-tuning with fake-quantized weights/activations.
+    epochs: int = 1
+    lr: float = 0.001
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["tflite", "onnx"]] = field(default_factory=list)  # empty: no export stage
+    eval_samples: int | None = None
+    allow_float_ops: bool = False
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def section_hash(self, *names: str) -> str:
         """A digest of the named sections (and the seed): what a stage's output depends on."""
@@ -165,6 +188,12 @@ def validate(recipe: Recipe) -> Recipe:
             raise EdgeCNNError(f"data.{key} must be three numbers (R, G, B){' > 0' if key == 'std' else ''}")
     if recipe.data.crop is not None and not 0 < recipe.data.crop <= 1:
         raise EdgeCNNError(f"data.crop must be in (0, 1], got {recipe.data.crop}")
+    for key, value in {"quantize.calib_samples": recipe.quantize.calib_samples,
+                       "quantize.epochs": recipe.quantize.epochs, "quantize.lr": recipe.quantize.lr}.items():
+        if value <= 0:
+            raise EdgeCNNError(f"{key} must be positive, got {value}")
+    if recipe.quantize.method != "none" and not recipe.export.formats:
+        raise EdgeCNNError("quantize.method is set but export.formats is empty: add export: {formats: [tflite, onnx]}")
     if not 0 <= recipe.train.label_smoothing < 1:
         raise EdgeCNNError(f"train.label_smoothing must be in [0, 1), got {recipe.train.label_smoothing}")
     name, path = parse_dataset(recipe.data.dataset)

@@ -52,6 +52,8 @@ class Artefact:
     accuracy: float | None = None
     float_accuracy: float | None = None
     agreement: float = 0.0
+    confident_agreement: float | None = None  # on images the float model is ≥ 50 % sure of
+    confident_samples: int = 0
     max_logit_error: float = float("nan")
     export_seconds: float = 0.0
     samples: int = 0
@@ -248,7 +250,8 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
     return Artefact(
         path=str(final), format=fmt, int8=options.int8, size_bytes=ops.path.stat().st_size,
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
-        agreement=checked.agreement, max_logit_error=checked.max_logit_error,
+        agreement=checked.agreement, confident_agreement=checked.confident_agreement,
+        confident_samples=checked.confident_samples, max_logit_error=checked.max_logit_error,
         export_seconds=round(time.perf_counter() - started, 2), samples=checked.samples,
         float_layers=float_layers or [],
         ops={"total": len(ops.ops), "compute": len(ops.compute_ops), "int8": len(ops.int8_ops),

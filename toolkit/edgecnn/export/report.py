@@ -24,16 +24,20 @@ def _first(items: list[str], n: int) -> str:
 
 def print_export_table(console: Console, artefacts: list[Artefact], verification: Images) -> None:
     table = Table(title=f"verified on {len(verification)} images: {verification.description}")
-    for column in ("artefact", "int8", "size", "accuracy", "float acc.", "agreement", "max |Δlogit|", "float ops",
+    for column in ("artefact", "int8", "size", "accuracy", "float acc.", "agreement", "sure agr.", "max |Δlogit|",
+                   "float ops",
                    "seconds", "status"):
         table.add_column(column)
     for a in artefacts:
         table.add_row(
             a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", _pct(a.accuracy),
-            _pct(a.float_accuracy), _pct(a.agreement), f"{a.max_logit_error:.4f}",
+            _pct(a.float_accuracy), _pct(a.agreement), f"{_pct(a.confident_agreement)} of {a.confident_samples}",
+            f"{a.max_logit_error:.4f}",
             _first(a.float_ops, 3), f"{a.export_seconds:.1f}", a.status,
         )
     console.print(table)
+    console.print("agreement: same top-1 as the float PyTorch model; sure agr.: the same, on images the float "
+                  "model is ≥ 50 % sure of")
     for a in artefacts:
         if a.fallback and a.fallback["float_layers"]:
             f = a.fallback

@@ -48,6 +48,9 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float((logits.argmax(1) == labels).mean())
 
 
+CONFIDENT = 0.5  # float top-1 probability above which a prediction is a clear answer worth keeping
+
+
 @dataclass
 class Verification:
     model_file: ModelFile
@@ -55,6 +58,10 @@ class Verification:
     agreement: float
     max_logit_error: float
     samples: int
+    # Agreement on the images the float model is sure about (top-1 probability ≥ CONFIDENT): on ambiguous
+    # photos two near-equal classes may swap places without either answer being wrong.
+    confident_agreement: float | None
+    confident_samples: int
 
     @property
     def float_ops(self) -> list[str]:
@@ -73,11 +80,21 @@ def compare(logits: np.ndarray, reference: FloatReference) -> tuple[float | None
     return _accuracy(logits, reference.labels), agreement, float(np.abs(logits - reference.logits).max())
 
 
+def confident(reference: FloatReference) -> np.ndarray:
+    logits = reference.logits - reference.logits.max(1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs.max(1) >= CONFIDENT
+
+
 def verify(path: Path, images: Images, reference: FloatReference) -> Verification:
     """Run `path` in its runtime on `images` and compare with the float model's predictions."""
     model_file = read_model_file(path)
-    accuracy, agreement, max_error = compare(artefact_logits(path, images), reference)
-    return Verification(model_file, accuracy, agreement, max_error, len(images))
+    logits = artefact_logits(path, images)
+    accuracy, agreement, max_error = compare(logits, reference)
+    sure = confident(reference)
+    same = logits.argmax(1) == reference.logits.argmax(1)
+    sure_agreement = float(same[sure].mean()) if sure.any() else None
+    return Verification(model_file, accuracy, agreement, max_error, len(images), sure_agreement, int(sure.sum()))
 
 
 def median_latency_ms(path: Path, runs: int = 30) -> float:

