@@ -40,10 +40,9 @@ def train_quietly(tmp_path_factory, name: str, model: str, width: float = 1.0, e
     """Train `model` on digits through the Python API (no subprocess start-up); return best.pt."""
     import io
 
-    from rich.console import Console
-
     from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
     from edgecnn.train import train
+    from rich.console import Console
 
     recipe = Recipe(name=name, data=DataConfig(img_size=img_size), model=ModelConfig(model, width),
                     train=TrainConfig(epochs=epochs, lr=lr, warmup_epochs=1))

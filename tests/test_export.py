@@ -4,7 +4,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_error, edgecnn, train_quietly
 from edgecnn import runtime
 from edgecnn.checkpoint import Checkpoint, save_checkpoint

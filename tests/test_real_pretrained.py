@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import pytest
-
 from conftest import ROOT, edgecnn
 from edgecnn import runtime
 
