@@ -4,6 +4,7 @@ import pytest
 import yaml
 from conftest import ROOT, assert_clean_error, edgecnn
 from edgecnn.checkpoint import load_checkpoint
+from edgecnn.runtime.modelfile import read_model_file
 
 VERBS = ["run", "train", "eval"]
 
@@ -48,11 +49,28 @@ def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
     train = report["stages"]["train"]
     assert train["status"] == "done" and train["metrics"]["best_top1"] >= 0.9
     assert load_checkpoint(train["outputs"]["best"]).metrics["top1"] == train["metrics"]["best_top1"]
+    # The quickstart ends with verified int8 files and their table.
+    export = report["stages"]["export"]
+    assert export["status"] == "done" and set(export["outputs"]) == {"tflite", "onnx"}
+    for fmt in ("tflite", "onnx"):
+        assert read_model_file(export["outputs"][fmt]).float_ops == []
+        assert export["metrics"][f"{fmt}_agreement"] >= 0.97
+    assert "sure agr." in first.stdout and "tinycnn_int8.tflite" in first.stdout
 
     again = edgecnn("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
     assert again.returncode == 0, again.stderr
-    assert json.loads((out / "report.json").read_text())["stages"]["train"]["status"] == "skipped"
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert stages["train"]["status"] == "skipped" and stages["export"]["status"] == "skipped"
     assert "skipped" in again.stdout
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    recipe["export"]["formats"] = ["onnx"]
+    only_export = tmp_path / "onnx_only.yaml"
+    only_export.write_text(yaml.safe_dump(recipe))
+    assert edgecnn("run", only_export, "--out", out).returncode == 0
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert stages["train"]["status"] == "skipped" and stages["export"]["status"] == "done"
+    assert set(stages["export"]["outputs"]) == {"onnx"}
 
     recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
     recipe["train"]["epochs"] = 1

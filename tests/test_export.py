@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, edgecnn, train_quietly
+from conftest import MODELS, assert_clean_error, edgecnn
 from edgecnn import runtime
 from edgecnn.checkpoint import Checkpoint, save_checkpoint
 from edgecnn.data import load_dataset
@@ -12,26 +12,6 @@ from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.modelfile import embed_card, read_model_file
-
-# (model, width, learning rate): each trains on digits at 32 px in ~15 s.
-MODELS = {
-    "resnet8": ("resnet8", 1.0, 0.1),
-    "mobilenet_v2": ("mobilenet_v2", 0.5, 0.02),
-    "mobilenet_v3_small_edge": ("mobilenet_v3_small_edge", 0.5, 0.1),
-}
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model, width, lr = MODELS[name]
-            cache[name] = train_quietly(tmp_path_factory, name, model, width, lr=lr)
-        return cache[name]
-
-    return get
 
 
 def export_json(*args, cwd=None):

@@ -125,22 +125,29 @@ class FormatBuilder:
 
     def build(self, path: Path, float_layers: list[str]) -> str | None:
         """Write the artefact; return the int8 scheme used (None for float)."""
-        size = self.source.pre.img_size
+        size, qat = self.source.pre.img_size, self.source.qat
+        trained = f"QAT ({qat.epochs} epochs, BatchNorm folded), then " if qat else ""
         if self.fmt == "tflite":
             from edgecnn.export.tflite import SCHEME, export_tflite
 
-            export_tflite(self.source.model, size, path, self.calibration, float_layers)
-            return None if self.calibration is None else SCHEME
+            if qat:
+                from edgecnn.export.qat import export_tflite_qat
+
+                export_tflite_qat(qat, size, path)
+            else:
+                export_tflite(self.source.model, size, path, self.calibration, float_layers)
+            return None if self.calibration is None else trained + SCHEME
         from edgecnn.export.onnx import export_float_onnx, quantize_onnx, scheme
 
+        model = qat.tuned if qat else self.source.model
         if self.calibration is None:
-            export_float_onnx(self.source.model, size, path)
+            export_float_onnx(model, size, path)
             return None
         if self._float_onnx is None:
             self._float_onnx = self.scratch / "float.onnx"
-            export_float_onnx(self.source.model, size, self._float_onnx)
+            export_float_onnx(model, size, self._float_onnx)
         method = quantize_onnx(self._float_onnx, path, self.calibration, self.options.target, float_layers)
-        return f"{scheme(self.options.target)}, {method} calibration"
+        return f"{trained}{scheme(self.options.target)}, {method} calibration"
 
     def candidates(self) -> dict[str, str]:
         """Layer id (what `build` takes) → the PyTorch module path shown to the user."""
@@ -231,7 +238,8 @@ def _export_one(builder: FormatBuilder, final: Path, calibration: Images | None,
     work = builder.scratch / f"{final.stem}.work{final.suffix}"
     artefact = _artefact(final, builder.fmt, options, build_verified(work, []), reference, started)
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
-    if options.int8 and over_budget and options.fallback:
+    # The fallback ranks layers by post-training quantization; after QAT that ranking would not apply.
+    if options.int8 and over_budget and options.fallback and builder.source.qat is None:
         artefact = _fallback(builder, work, final, artefact, build_verified, verification, reference, console,
                              started)
         over_budget = artefact.drop > options.max_accuracy_drop

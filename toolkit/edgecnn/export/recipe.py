@@ -23,7 +23,7 @@ def run_export(recipe: Recipe, checkpoint: str | Path, out_dir: Path, console: C
     if q.method == "qat":
         from edgecnn.export.qat import quantization_aware_training
 
-        source = quantization_aware_training(source, recipe, console)
+        source.qat = quantization_aware_training(source, recipe, console)
     verification = dataset_images(recipe.data.dataset, "test", source.pre, e.eval_samples)
     calibration = dataset_images(recipe.data.dataset, "train", source.pre, q.calib_samples) if int8 else None
     artefacts = export(source, options, out_dir, calibration, verification, console)

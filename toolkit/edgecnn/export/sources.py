@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -26,6 +27,7 @@ class ExportSource:
     dataset: str | None = None  # labelled data the model was trained on: held-out split for verification
     recipe_hash: str | None = None
     origin: str = ""  # checkpoint or weights file it came from
+    qat: Any = None  # edgecnn.export.qat.QATResult when quantization-aware training ran
 
 
 @dataclass

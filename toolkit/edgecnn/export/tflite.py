@@ -34,6 +34,10 @@ def _quantizer(float_layers: Sequence[str], qat: bool = False):
         carry the module path in torch 2.14; the stack's values do.
         """
 
+        # Its conv+BN QAT annotators build their patterns with a torch.export call that torch 2.14 refuses;
+        # edgecnn folds BatchNorm into the convolutions before QAT instead, so those patterns never occur.
+        STATIC_QAT_ONLY_OPS: list[str] = []
+
         def _annotate_for_static_quantization_config(self, model):
             keep = {f"wrapped.{name}" for name in float_layers}
 
@@ -52,8 +56,19 @@ def _litert_torch():
     return litert_torch
 
 
+class NHWCInput(nn.Module):
+    """Takes camera-layout (N, H, W, C) input; the converter folds the transpose into the first conv."""
+
+    def __init__(self, wrapped: nn.Module):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wrapped(x.permute(0, 3, 1, 2))
+
+
 def channels_last(model: nn.Module) -> nn.Module:
-    return _litert_torch().to_channel_last_io(model, args=[0]).eval()
+    return NHWCInput(model).eval()
 
 
 def simulate_int8(
@@ -79,21 +94,21 @@ def export_tflite(
     float_layers: Sequence[str] = (),
 ) -> None:
     """Write `model` to `path`; int8 when `calibration` (normalised N×3×H×W samples) is given."""
-    litert_torch = _litert_torch()
+    if calibration is None:
+        _convert(channels_last(model), img_size, path)
+        return
     from litert_torch.quantize.quant_config import QuantConfig
 
+    simulated = simulate_int8(model, img_size, calibration, float_layers)
+    _convert(simulated, img_size, path, QuantConfig(pt2e_quantizer=_quantizer(float_layers)))
+
+
+def _convert(module: nn.Module, img_size: int, path: Path, quant_config=None) -> None:
+    litert_torch = _litert_torch()
     example = (torch.zeros(1, img_size, img_size, 3),)
     try:
         with quiet_native_output():
-            if calibration is None:
-                edge = litert_torch.convert(channels_last(model), example)
-            else:
-                simulated = simulate_int8(model, img_size, calibration, float_layers)
-                quant = QuantConfig(pt2e_quantizer=_quantizer(float_layers))
-                edge = litert_torch.convert(simulated, example, quant_config=quant)
-            edge.export(str(path))
-    except EdgeCNNError:
-        raise
+            litert_torch.convert(module, example, quant_config=quant_config).export(str(path))
     except Exception as e:
         raise EdgeCNNError(f"litert-torch could not convert the model: {_first_line(e)}") from None
 
