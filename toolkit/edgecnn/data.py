@@ -99,7 +99,7 @@ def parse_dataset(spec: str) -> tuple[str, str | None]:
         raise EdgeCNNError("imagefolder needs a folder: imagefolder:PATH (one subfolder per class)")
     if name == "digits" and path:
         raise EdgeCNNError("digits is bundled with scikit-learn and takes no path")
-    return name, path or None
+    return name, os.path.expanduser(path) if path else None
 
 
 def default_normalisation(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

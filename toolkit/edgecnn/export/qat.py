@@ -19,8 +19,9 @@ from torch import nn
 
 from edgecnn.data import load_dataset, make_loader, normalise_batch, set_epoch
 from edgecnn.errors import EdgeCNNError
+from edgecnn.native import quiet_native_output
 from edgecnn.export.sources import ExportSource
-from edgecnn.export.tflite import _quantizer, channels_last
+from edgecnn.export.tflite import _litert_torch, _quantizer, channels_last
 from edgecnn.recipe import Recipe
 from edgecnn.train import learning_rate
 
@@ -60,6 +61,7 @@ def _accuracy(prepared: torch.fx.GraphModule, loader, source: ExportSource) -> f
 
 
 def quantization_aware_training(source: ExportSource, recipe: Recipe, console: Console) -> QATResult:
+    _litert_torch()
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -67,9 +69,10 @@ def quantization_aware_training(source: ExportSource, recipe: Recipe, console: C
     torch.manual_seed(recipe.seed)
     folded = fold_batchnorm(source.model)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(channels_last(folded), (torch.zeros(2, size, size, 3),),
-                                  dynamic_shapes={"x": {0: batch}}, strict=True)
-    prepared = prepare_qat_pt2e(program.module(), _quantizer([], qat=True))
+    with quiet_native_output():
+        program = torch.export.export(channels_last(folded), (torch.zeros(2, size, size, 3),),
+                                      dynamic_shapes={"x": {0: batch}}, strict=True)
+        prepared = prepare_qat_pt2e(program.module(), _quantizer([], qat=True))
 
     dataset = load_dataset(recipe.data.dataset)
     train_loader = make_loader(dataset.train, source.pre, recipe.data.batch_size, train=True,
@@ -99,6 +102,7 @@ def quantization_aware_training(source: ExportSource, recipe: Recipe, console: C
 
 
 def export_tflite_qat(result: QATResult, img_size: int, path) -> None:
+    _litert_torch()
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
@@ -107,5 +111,6 @@ def export_tflite_qat(result: QATResult, img_size: int, path) -> None:
 
     prepared = copy.deepcopy(result.prepared)
     move_exported_model_to_eval(prepared)
-    converted = convert_pt2e(prepared, fold_quantize=False)
+    with quiet_native_output():
+        converted = convert_pt2e(prepared, fold_quantize=False)
     _convert(converted, img_size, path, QuantConfig(pt2e_quantizer=_quantizer([], qat=True)))

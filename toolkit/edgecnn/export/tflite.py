@@ -51,8 +51,11 @@ def _quantizer(float_layers: Sequence[str], qat: bool = False):
 
 
 def _litert_torch():
-    with quiet_native_output():  # absl/oneDNN/pytree notices on first import
+    """Import the converter stack with its first-import notices (absl, oneDNN, torch pytree) kept quiet."""
+    with quiet_native_output():
         import litert_torch
+        import litert_torch.quantize.quant_config  # noqa: F401  (pulls in jax and transformers)
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     return litert_torch
 
 
@@ -75,18 +78,20 @@ def simulate_int8(
     model: nn.Module, img_size: int, calibration: torch.Tensor, float_layers: Sequence[str] = ()
 ) -> nn.Module:
     """The PT2E fake-quantized model (NHWC in), as the int8 .tflite will compute it, without converting."""
+    _litert_torch()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     example = (torch.zeros(1, img_size, img_size, 3),)
-    try:
-        program = torch.export.export(channels_last(model), example, strict=True)
-    except Exception as e:
-        raise EdgeCNNError(f"torch.export (strict) failed, the model cannot be exported: {_first_line(e)}") from None
-    prepared = prepare_pt2e(program.module(), _quantizer(float_layers))
-    with torch.no_grad():
-        for sample in calibration:
-            prepared(sample[None].permute(0, 2, 3, 1))
-    return convert_pt2e(prepared, fold_quantize=False)
+    with quiet_native_output():  # torch.export and PT2E log deprecation notices through glog
+        try:
+            program = torch.export.export(channels_last(model), example, strict=True)
+        except Exception as e:
+            raise EdgeCNNError(f"torch.export (strict) failed, the model cannot be exported: {_first_line(e)}") from None
+        prepared = prepare_pt2e(program.module(), _quantizer(float_layers))
+        with torch.no_grad():
+            for sample in calibration:
+                prepared(sample[None].permute(0, 2, 3, 1))
+        return convert_pt2e(prepared, fold_quantize=False)
 
 
 def export_tflite(
@@ -94,6 +99,7 @@ def export_tflite(
     float_layers: Sequence[str] = (),
 ) -> None:
     """Write `model` to `path`; int8 when `calibration` (normalised N×3×H×W samples) is given."""
+    _litert_torch()
     if calibration is None:
         _convert(channels_last(model), img_size, path)
         return
