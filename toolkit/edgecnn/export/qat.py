@@ -19,9 +19,9 @@ from torch import nn
 
 from edgecnn.data import load_dataset, make_loader, normalise_batch, set_epoch
 from edgecnn.errors import EdgeCNNError
-from edgecnn.native import quiet_native_output
 from edgecnn.export.sources import ExportSource
 from edgecnn.export.tflite import _litert_torch, _quantizer, channels_last
+from edgecnn.native import quiet_native_output
 from edgecnn.recipe import Recipe
 from edgecnn.train import learning_rate
 

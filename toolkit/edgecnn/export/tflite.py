@@ -86,7 +86,7 @@ def simulate_int8(
         try:
             program = torch.export.export(channels_last(model), example, strict=True)
         except Exception as e:
-            raise EdgeCNNError(f"torch.export (strict) failed, the model cannot be exported: {_first_line(e)}") from None
+            raise EdgeCNNError(f"torch.export (strict) cannot export the model: {_first_line(e)}") from None
         prepared = prepare_pt2e(program.module(), _quantizer(float_layers))
         with torch.no_grad():
             for sample in calibration:
