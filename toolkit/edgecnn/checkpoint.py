@@ -35,10 +35,16 @@ class Checkpoint:
     # Present in last.pt only: optimizer state, epoch, step, best top-1 and history, for --resume.
     training: dict[str, Any] | None = None
     recipe_hash: str | None = None
+    # Layer shapes (edgecnn.prune.layer_shapes) for pruned models; None for the registry's own shapes.
+    structure: dict[str, list[int]] | None = None
 
     def build(self) -> nn.Module:
-        """The model with this checkpoint's weights, in eval mode."""
+        """The model with this checkpoint's weights (and pruned shapes), in eval mode."""
         model = build_model(self.model, self.num_classes, self.width)
+        if self.structure:
+            from edgecnn.prune import apply_layer_shapes
+
+            apply_layer_shapes(model, self.structure)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
@@ -61,6 +67,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "recipe_hash": ckpt.recipe_hash,
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "training": ckpt.training,
+        "structure": ckpt.structure,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -91,6 +98,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             metrics=payload.get("metrics") or {},
             training=payload.get("training"),
             recipe_hash=payload.get("recipe_hash"),
+            structure=payload.get("structure"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EdgeCNNError(f"checkpoint {path} is incomplete: missing or bad field {e}") from None

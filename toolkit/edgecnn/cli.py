@@ -134,6 +134,41 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
     _write_json(json_path, {**metrics, "checkpoint": str(checkpoint), "dataset": data.name, "split": split})
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--ratio", required=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of channels to remove, in (0, 1).")
+@click.option("--global", "global_pruning", is_flag=True, help="Rank channels across layers, not per layer.")
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Keep channel counts multiples of this (odd widths run slowly in XNNPACK/onnxruntime).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="Fine-tuning learning rate.")
+@click.option("--no-latency", is_flag=True, help="Skip the int8 latency measurement (it exports both models).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Writes OUT/pruned.pt.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+def prune(checkpoint, ratio, global_pruning, round_to, finetune_epochs, lr, no_latency, out_dir, json_path) -> None:
+    """Remove channels (structured pruning), fine-tune, and report MACs, accuracy and int8 latency."""
+    from edgecnn.prune_workflow import prune_checkpoint
+
+    report = prune_checkpoint(checkpoint, ratio, out_dir, global_pruning=global_pruning, round_to=round_to,
+                              finetune_epochs=finetune_epochs, lr=lr, console=console,
+                              measure_latency=not no_latency)
+    table = Table(title=f"{checkpoint} → {report['checkpoint']}")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right")
+    table.add_row("MACs", f"{report['macs_before']:,}", f"{report['macs_after']:,}")
+    table.add_row("parameters", f"{report['params_before']:,}", f"{report['params_after']:,}")
+    finetuned = report["top1_finetuned"]
+    table.add_row("top-1", f"{report['top1_before']:.2%}",
+                  f"{report['top1_pruned']:.2%} pruned" + (f", {finetuned:.2%} fine-tuned" if finetuned else ""))
+    if "int8_latency_ms_before" in report:
+        table.add_row("int8 latency (ms)", f"{report['int8_latency_ms_before']:.3f}",
+                      f"{report['int8_latency_ms_after']:.3f}")
+    console.print(table)
+    _write_json(json_path, report)
+
+
 @cli.command(name="export")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model_name", help="Registry model for --weights (instead of a checkpoint).")

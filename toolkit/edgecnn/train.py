@@ -23,6 +23,7 @@ from edgecnn.data import Dataset, default_normalisation, load_dataset, make_load
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model, load_pretrained
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edgecnn.prune import apply_layer_shapes, layer_shapes
 from edgecnn.recipe import Recipe
 
 
@@ -215,9 +216,12 @@ def _resume_state(last_path: Path, recipe: Recipe) -> Checkpoint:
 
 def train(
     recipe: Recipe, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | None = None, model: nn.Module | None = None,
 ) -> TrainResult:
-    """Train `recipe`'s model on its dataset; write out_dir/best.pt and out_dir/last.pt after every epoch."""
+    """Train `recipe`'s model on its dataset; write out_dir/best.pt and out_dir/last.pt after every epoch.
+
+    `model` starts from given weights and shapes instead of the registry's (fine-tuning a pruned model); its
+    layer shapes are stored in the checkpoints."""
     cfg, out_dir = recipe.train, Path(out_dir)
     console = console or Console()
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -227,8 +231,10 @@ def train(
 
     dataset = dataset or load_dataset(recipe.data.dataset)
     pre = preprocess_for(recipe)
-    model = build_model(recipe.model.name, len(dataset.classes), recipe.model.width)
-    if recipe.model.weights:
+    structure = layer_shapes(model) if model is not None else None
+    if model is None:
+        model = build_model(recipe.model.name, len(dataset.classes), recipe.model.width)
+    if recipe.model.weights and structure is None:
         note = load_pretrained(model, recipe.model.name, recipe.model.weights)
         if ddp.is_main:
             console.print(note)
@@ -262,6 +268,9 @@ def train(
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     if resume and last_path.is_file():
         state = _resume_state(last_path, recipe)
+        if state.structure:
+            apply_layer_shapes(model, state.structure)
+            structure = state.structure
         model.load_state_dict(state.state_dict)
         optimizer.load_state_dict(state.training["optimizer"])
         start_epoch = int(state.training["epoch"])
@@ -305,7 +314,7 @@ def train(
                 model=recipe.model.name, width=recipe.model.width, num_classes=len(dataset.classes),
                 labels=dataset.classes, preprocess=pre, dataset=recipe.data.dataset,
                 state_dict=model.state_dict(), metrics={k: metrics[k] for k in ("top1", "top5", "samples")},
-                recipe_hash=recipe.hash,
+                recipe_hash=recipe.hash, structure=structure,
             )
             if metrics["top1"] > best_top1:
                 best_top1 = metrics["top1"]
