@@ -38,8 +38,9 @@ def test_pruned_backbones_reload_and_export_fully_int8(name, width, tmp_path):
     pruned = prune_channels(model, model_spec(name).head, 32, 0.5)
     assert complexity(pruned, 32).macs < before.macs * 0.6
     ckpt_path = tmp_path / "pruned.pt"
-    save_checkpoint(ckpt_path, Checkpoint(name, 10, [str(i) for i in range(10)], Preprocess(32, (0.3,) * 3, (0.37,) * 3),
-                                          "digits", pruned.state_dict(), width, structure=layer_shapes(pruned)))
+    pre = Preprocess(32, (0.3,) * 3, (0.37,) * 3)
+    save_checkpoint(ckpt_path, Checkpoint(name, 10, [str(i) for i in range(10)], pre, "digits", pruned.state_dict(),
+                                          width, structure=layer_shapes(pruned)))
     reloaded = load_checkpoint(ckpt_path).build()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reloaded(x), pruned.eval()(x))
