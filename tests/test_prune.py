@@ -69,3 +69,21 @@ def test_structure_of_another_architecture_is_refused(tmp_path):
                       build_model("tinycnn", 10).state_dict(), structure=shapes)
     save_checkpoint(tmp_path / "bad.pt", ckpt)
     assert_clean_error(edgecnn("eval", tmp_path / "bad.pt"), "another architecture")
+
+
+def test_recipe_prunes_before_export(tmp_path):
+    import yaml
+
+    recipe = {
+        "data": {"img_size": 32}, "model": {"name": "tinycnn"}, "train": {"epochs": 3},
+        "prune": {"ratio": 0.5, "finetune_epochs": 1},
+        "quantize": {"method": "ptq"}, "export": {"formats": ["tflite"]},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = edgecnn("run", tmp_path / "r.yaml", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    stages = json.loads((tmp_path / "out" / "report.json").read_text())["stages"]
+    assert stages["prune"]["status"] == "done"
+    assert stages["prune"]["metrics"]["macs_after"] * 2 <= stages["prune"]["metrics"]["macs_before"]
+    card = read_model_file(stages["export"]["outputs"]["tflite"]).card
+    assert card["source"]["from"].endswith("prune/pruned.pt") and card["quantization"]["int8"]

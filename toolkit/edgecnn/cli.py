@@ -141,17 +141,20 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
 @click.option("--global", "global_pruning", is_flag=True, help="Rank channels across layers, not per layer.")
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="Keep channel counts multiples of this (odd widths run slowly in XNNPACK/onnxruntime).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Prune iteratively in this many rounds, fine-tuning after each.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Fine-tuning learning rate.")
 @click.option("--no-latency", is_flag=True, help="Skip the int8 latency measurement (it exports both models).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Writes OUT/pruned.pt.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
-def prune(checkpoint, ratio, global_pruning, round_to, finetune_epochs, lr, no_latency, out_dir, json_path) -> None:
+def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, lr, no_latency, out_dir,
+          json_path) -> None:
     """Remove channels (structured pruning), fine-tune, and report MACs, accuracy and int8 latency."""
     from edgecnn.prune_workflow import prune_checkpoint
 
-    report = prune_checkpoint(checkpoint, ratio, out_dir, global_pruning=global_pruning, round_to=round_to,
+    report = prune_checkpoint(checkpoint, ratio, out_dir, steps=steps, global_pruning=global_pruning, round_to=round_to,
                               finetune_epochs=finetune_epochs, lr=lr, console=console,
                               measure_latency=not no_latency)
     table = Table(title=f"{checkpoint} → {report['checkpoint']}")

@@ -51,15 +51,31 @@ def _train_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
     return outputs, {"best_top1": result.best_top1, "last_top1": result.last_top1, "epochs": result.epochs}
 
 
+def _prune_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
+    from edgecnn.prune_workflow import prune_checkpoint
+
+    p = ctx.recipe.prune
+    report = prune_checkpoint(
+        ctx.upstream["train"]["best"], p.ratio, ctx.out_dir / "prune", steps=p.steps, global_pruning=p.global_pruning,
+        round_to=p.round_to, finetune_epochs=p.finetune_epochs, lr=p.lr, batch_size=ctx.recipe.data.batch_size,
+        console=ctx.console, measure_latency=False,
+    )
+    metrics = {k: report[k] for k in ("macs_before", "macs_after", "top1_before", "top1_finetuned", "top1_pruned")}
+    return {"pruned": report["checkpoint"]}, metrics
+
+
 def _export_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
     from edgecnn.export.recipe import run_export
 
-    return run_export(ctx.recipe, ctx.upstream["train"]["best"], ctx.out_dir / "export", ctx.console)
+    checkpoint = ctx.upstream["prune"]["pruned"] if "prune" in ctx.upstream else ctx.upstream["train"]["best"]
+    return run_export(ctx.recipe, checkpoint, ctx.out_dir / "export", ctx.console)
 
 
 STAGES: list[Stage] = [
     Stage("train", ("data", "model", "train"), (), _train_stage),
-    Stage("export", ("data", "quantize", "export"), ("train",), _export_stage, lambda r: bool(r.export.formats)),
+    Stage("prune", ("data", "prune"), ("train",), _prune_stage, lambda r: r.prune.ratio > 0),
+    Stage("export", ("data", "quantize", "export"), ("train", "prune"), _export_stage,
+          lambda r: bool(r.export.formats)),
 ]
 
 
@@ -73,7 +89,7 @@ def file_digest(path: str | Path) -> str:
 
 def _fingerprint(stage: Stage, recipe: Recipe, upstream: dict[str, dict[str, str]]) -> str:
     parts = [recipe.section_hash(*stage.sections)]
-    for name in stage.consumes:
+    for name in (n for n in stage.consumes if n in upstream):
         parts += [f"{k}={file_digest(p)}" for k, p in sorted(upstream[name].items())]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 

@@ -57,6 +57,16 @@ class TrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    ratio: float = 0.0  # fraction of channels removed; 0: no prune stage
+    steps: int = 1  # iterative pruning: rounds of prune + fine-tune
+    global_pruning: bool = False
+    round_to: int = 8
+    finetune_epochs: int = 1  # per step
+    lr: float = 0.01
+
+
+@dataclass
 class QuantizeConfig:
     method: Literal["none", "ptq", "qat"] = "none"
     calib_samples: int = 200
@@ -84,6 +94,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
@@ -192,6 +203,11 @@ def validate(recipe: Recipe) -> Recipe:
                        "quantize.epochs": recipe.quantize.epochs, "quantize.lr": recipe.quantize.lr}.items():
         if value <= 0:
             raise EdgeCNNError(f"{key} must be positive, got {value}")
+    if not 0 <= recipe.prune.ratio < 1:
+        raise EdgeCNNError(f"prune.ratio must be in [0, 1) (0 skips pruning), got {recipe.prune.ratio}")
+    for key in ("steps", "round_to"):
+        if getattr(recipe.prune, key) < 1:
+            raise EdgeCNNError(f"prune.{key} must be at least 1")
     if recipe.quantize.method != "none" and not recipe.export.formats:
         raise EdgeCNNError("quantize.method is set but export.formats is empty: add export: {formats: [tflite, onnx]}")
     if not 0 <= recipe.train.label_smoothing < 1:

@@ -22,7 +22,7 @@ from edgecnn import __version__
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
-from edgecnn.export.verify import FloatReference, Verification, compare, float_reference, median_latency_ms, verify
+from edgecnn.export.verify import FloatReference, Verification, compare, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.modelfile import embed_card
 
@@ -286,15 +286,17 @@ def _fallback(builder: FormatBuilder, work: Path, final: Path, full_int8: Artefa
         full_int8.fallback = {"float_layers": None, "ranked_layers": len(ranked), "int8_drop": full_int8.drop,
                               "note": "no set of float layers met the budget"}
         return full_int8
-    int8_latency = median_latency_ms(work)
+    fully_int8 = builder.scratch / f"{final.stem}.int8{final.suffix}"
+    work.replace(fully_int8)
     names = builder.candidates()
     shown = [names[layer] for layer in found.float_layers]
     artefact = _artefact(final, builder.fmt, builder.options, build_verified(work, found.float_layers), reference,
                          started, shown)
+    latency = interleaved_latency_ms({"int8": fully_int8, "fallback": work})
     artefact.fallback = {
         "float_layers": shown, "ranked_layers": len(ranked), "artefacts_tried": found.tried,
         "int8_drop": full_int8.drop, "drop": artefact.drop,
-        "latency_ms_int8": int8_latency, "latency_ms": median_latency_ms(work),
+        "latency_ms_int8": latency["int8"], "latency_ms": latency["fallback"],
         "size_bytes_int8": full_int8.size_bytes, "size_bytes": artefact.size_bytes,
     }
     console.print(f"  {builder.fmt}: kept {len(shown)} layer(s) in float ({', '.join(shown)}): drop "

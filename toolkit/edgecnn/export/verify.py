@@ -97,14 +97,17 @@ def verify(path: Path, images: Images, reference: FloatReference) -> Verificatio
     return Verification(model_file, accuracy, agreement, max_error, len(images), sure_agreement, int(sure.sum()))
 
 
-def median_latency_ms(path: Path, runs: int = 30) -> float:
-    """A quick single-thread median, to price a fallback; `edgecnn bench` is the real measurement."""
-    classifier = load(path, threads=1)
-    sample = np.zeros((1, *classifier.backend.input.shape[1:]), dtype=classifier.backend.input.dtype)
-    classifier.backend.run(sample)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        classifier.backend.run(sample)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+def interleaved_latency_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str, float]:
+    """Single-thread median latency of each model, measured in turns (A B A B ...) so that a drifting machine
+    biases none of them. A quick figure to compare variants; `edgecnn bench` is the full measurement."""
+    backends = {name: load(path, threads=1).backend for name, path in paths.items()}
+    samples = {name: np.zeros((1, *b.input.shape[1:]), b.input.dtype) for name, b in backends.items()}
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            backend.run(samples[name])  # warm caches after the other model ran
+            for _ in range(runs):
+                start = time.perf_counter()
+                backend.run(samples[name])
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: float(np.median(t)) for name, t in times.items()}
