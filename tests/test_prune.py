@@ -87,3 +87,8 @@ def test_recipe_prunes_before_export(tmp_path):
     assert stages["prune"]["metrics"]["macs_after"] * 2 <= stages["prune"]["metrics"]["macs_before"]
     card = read_model_file(stages["export"]["outputs"]["tflite"]).card
     assert card["source"]["from"].endswith("prune/pruned.pt") and card["quantization"]["int8"]
+
+
+def test_a_model_torch_pruning_cannot_handle_is_named():
+    with pytest.raises(EdgeCNNError, match="cannot prune ShuffleNetV2: .*channel shuffle"):
+        prune_channels(build_model("shufflenet_v2_x0_5", 10), "fc", 64, 0.5)

@@ -9,6 +9,7 @@ modules.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,16 @@ def prune_channels(model: nn.Module, head: str, img_size: int, ratio: float, glo
     except EdgeCNNError:
         raise
     except Exception as e:
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise EdgeCNNError(f"torch-pruning cannot prune this model: {type(e).__name__}: {text}") from None
+        raise EdgeCNNError(f"torch-pruning cannot prune {type(model).__name__}: {_where(e)}") from None
     return model
+
+
+def _where(e: Exception) -> str:
+    """The torch-pruning step that failed, in words a user can act on."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "torch_pruning" in f.filename]
+    step = frames[-1].name if frames else "?"
+    text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    hint = ""
+    if "reshape" in step:
+        hint = " — a view/reshape mixes channels between layers (e.g. ShuffleNet's channel shuffle)"
+    return f"{type(e).__name__} {text} in {step}{hint}".replace("  ", " ")
