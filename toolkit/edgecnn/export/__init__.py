@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -114,75 +113,25 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     }
 
 
-class FormatBuilder:
-    """How one format writes an artefact (with some layers kept in float) and ranks its layers."""
+def format_builder(fmt: str, source: ExportSource, options: ExportOptions, calibration: torch.Tensor | None,
+                   scratch: Path):
+    """The builder of one format: `build(path, float_layers)`, `candidates()`, `logits_with_float(layer, images)`."""
+    if fmt == "tflite":
+        from edgecnn.export.tflite import TFLiteBuilder
 
-    def __init__(self, fmt: str, source: ExportSource, options: ExportOptions, calibration: torch.Tensor | None,
-                 scratch: Path):
-        self.fmt, self.source, self.options, self.calibration = fmt, source, options, calibration
-        self.scratch = scratch
-        self._float_onnx: Path | None = None
+        return TFLiteBuilder(source, calibration)
+    from edgecnn.export.onnx import OnnxBuilder
 
-    def build(self, path: Path, float_layers: list[str]) -> str | None:
-        """Write the artefact; return the int8 scheme used (None for float)."""
-        size, qat = self.source.pre.img_size, self.source.qat
-        trained = f"QAT ({qat.epochs} epochs, BatchNorm folded), then " if qat else ""
-        if self.fmt == "tflite":
-            from edgecnn.export.tflite import SCHEME, export_tflite
+    return OnnxBuilder(source, calibration, options.target, scratch)
 
-            if qat:
-                from edgecnn.export.qat import export_tflite_qat
 
-                export_tflite_qat(qat, size, path)
-            else:
-                export_tflite(self.source.model, size, path, self.calibration, float_layers)
-            return None if self.calibration is None else trained + SCHEME
-        from edgecnn.export.onnx import export_float_onnx, quantize_onnx, scheme
-
-        model = qat.tuned if qat else self.source.model
-        if self.calibration is None:
-            export_float_onnx(model, size, path)
-            return None
-        if self._float_onnx is None:
-            self._float_onnx = self.scratch / "float.onnx"
-            export_float_onnx(model, size, self._float_onnx)
-        method = quantize_onnx(self._float_onnx, path, self.calibration, self.options.target, float_layers)
-        return f"{trained}{scheme(self.options.target)}, {method} calibration"
-
-    def candidates(self) -> dict[str, str]:
-        """Layer id (what `build` takes) → the PyTorch module path shown to the user."""
-        if self.fmt == "tflite":
-            from edgecnn.export.tflite import quantizable_layers
-
-            return {name: name for name in quantizable_layers(self.source.model)}
-        from edgecnn.export.onnx import quantizable_nodes
-
-        return quantizable_nodes(self._float_onnx)
-
-    def rank(self, images: Images, reference: FloatReference, int8_drop: float) -> list[str]:
-        """Layers ordered by how much keeping each one alone in float recovers, most first."""
-        gains = {}
-        for layer in self.candidates():
-            accuracy, agreement, _ = compare(self._logits_with_float(layer, images), reference)
-            gains[layer] = int8_drop - accuracy_drop(accuracy, reference.accuracy, agreement)
-        return sorted(gains, key=lambda k: -gains[k])
-
-    def _logits_with_float(self, layer: str, images: Images) -> np.ndarray:
-        if self.fmt == "tflite":
-            # Simulated in PyTorch (PT2E fake-quant, as the converter will compute) instead of one conversion
-            # per layer.
-            from edgecnn.data import normalise_batch
-            from edgecnn.export.tflite import simulate_int8
-
-            sim = simulate_int8(self.source.model, self.source.pre.img_size, self.calibration, [layer])
-            x = normalise_batch(torch.from_numpy(images.pixels), self.source.pre, torch.device("cpu"))
-            with torch.no_grad():
-                return np.concatenate([sim(x[i : i + 1].permute(0, 2, 3, 1)).numpy() for i in range(len(x))])
-        from edgecnn.export.verify import artefact_logits
-
-        path = self.scratch / "rank.onnx"
-        self.build(path, [layer])
-        return artefact_logits(path, images)
+def rank_layers(builder, images: Images, reference: FloatReference, int8_drop: float) -> list[str]:
+    """Layers ordered by how much keeping each one alone in float recovers, most first."""
+    gains = {}
+    for layer in builder.candidates():
+        accuracy, agreement, _ = compare(builder.logits_with_float(layer, images), reference)
+        gains[layer] = int8_drop - accuracy_drop(accuracy, reference.accuracy, agreement)
+    return sorted(gains, key=lambda k: -gains[k])
 
 
 def export(
@@ -215,33 +164,34 @@ def export(
         for fmt in options.formats:
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
             console.print(f"exporting {final} ...")
-            builder = FormatBuilder(fmt, source, options, calib_tensor, Path(scratch))
+            builder = format_builder(fmt, source, options, calib_tensor, Path(scratch))
             try:
-                artefact = _export_one(builder, final, calibration, verification, reference, console)
+                artefact = _export_one(builder, fmt, options, Path(scratch), final, calibration, verification,
+                                       reference, console)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
             artefacts.append(artefact)
     return artefacts
 
 
-def _export_one(builder: FormatBuilder, final: Path, calibration: Images | None, verification: Images,
-                reference: FloatReference, console: Console) -> Artefact:
-    options, started = builder.options, time.perf_counter()
+def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final: Path, calibration: Images | None,
+                verification: Images, reference: FloatReference, console: Console) -> Artefact:
+    started = time.perf_counter()
 
     def build_verified(path: Path, float_layers: list[str]) -> Verification:
         scheme = builder.build(path, float_layers)
         names = builder.candidates() if float_layers else {}
         shown = [names[layer] for layer in float_layers]
-        embed_card(path, model_card(builder.source, path, builder.fmt, scheme, calibration, shown))
+        embed_card(path, model_card(builder.source, path, fmt, scheme, calibration, shown))
         return verify(path, verification, reference)
 
-    work = builder.scratch / f"{final.stem}.work{final.suffix}"
-    artefact = _artefact(final, builder.fmt, options, build_verified(work, []), reference, started)
+    work = scratch / f"{final.stem}.work{final.suffix}"
+    artefact = _artefact(final, fmt, options, build_verified(work, []), reference, started)
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
     # The fallback ranks layers by post-training quantization; after QAT that ranking would not apply.
     if options.int8 and over_budget and options.fallback and builder.source.qat is None:
-        artefact = _fallback(builder, work, final, artefact, build_verified, verification, reference, console,
-                             started)
+        artefact = _fallback(builder, fmt, options, scratch, work, final, artefact, build_verified, verification,
+                             reference, console, started)
         over_budget = artefact.drop > options.max_accuracy_drop
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"
@@ -267,14 +217,15 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
     )
 
 
-def _fallback(builder: FormatBuilder, work: Path, final: Path, full_int8: Artefact, build_verified,
-              verification: Images, reference: FloatReference, console: Console, started: float) -> Artefact:
-    budget = builder.options.max_accuracy_drop
-    console.print(f"  {builder.fmt}: drop {full_int8.drop:.2f} points > budget {budget}: ranking layers by "
+def _fallback(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
+              full_int8: Artefact, build_verified, verification: Images, reference: FloatReference, console: Console,
+              started: float) -> Artefact:
+    budget = options.max_accuracy_drop
+    console.print(f"  {fmt}: drop {full_int8.drop:.2f} points > budget {budget}: ranking layers by "
                   "quantization sensitivity")
     subset = verification.head(RANKING_SAMPLES)
-    ranked = builder.rank(subset, reference.head(len(subset)), full_int8.drop)
-    trial = builder.scratch / f"{final.stem}.trial{final.suffix}"
+    ranked = rank_layers(builder, subset, reference.head(len(subset)), full_int8.drop)
+    trial = scratch / f"{final.stem}.trial{final.suffix}"
 
     def drop_with(layers: list[str]) -> float:
         checked = build_verified(trial, layers)
@@ -282,16 +233,15 @@ def _fallback(builder: FormatBuilder, work: Path, final: Path, full_int8: Artefa
 
     found = fewest_float_layers(ranked, drop_with, budget)
     if found is None:
-        console.print(f"  {builder.fmt}: even with every ranked layer in float the drop stays over budget")
+        console.print(f"  {fmt}: even with every ranked layer in float the drop stays over budget")
         full_int8.fallback = {"float_layers": None, "ranked_layers": len(ranked), "int8_drop": full_int8.drop,
                               "note": "no set of float layers met the budget"}
         return full_int8
-    fully_int8 = builder.scratch / f"{final.stem}.int8{final.suffix}"
+    fully_int8 = scratch / f"{final.stem}.int8{final.suffix}"
     work.replace(fully_int8)
     names = builder.candidates()
     shown = [names[layer] for layer in found.float_layers]
-    artefact = _artefact(final, builder.fmt, builder.options, build_verified(work, found.float_layers), reference,
-                         started, shown)
+    artefact = _artefact(final, fmt, options, build_verified(work, found.float_layers), reference, started, shown)
     latency = interleaved_latency_ms({"int8": fully_int8, "fallback": work})
     artefact.fallback = {
         "float_layers": shown, "ranked_layers": len(ranked), "artefacts_tried": found.tried,
@@ -299,6 +249,6 @@ def _fallback(builder: FormatBuilder, work: Path, final: Path, full_int8: Artefa
         "latency_ms_int8": latency["int8"], "latency_ms": latency["fallback"],
         "size_bytes_int8": full_int8.size_bytes, "size_bytes": artefact.size_bytes,
     }
-    console.print(f"  {builder.fmt}: kept {len(shown)} layer(s) in float ({', '.join(shown)}): drop "
+    console.print(f"  {fmt}: kept {len(shown)} layer(s) in float ({', '.join(shown)}): drop "
                   f"{full_int8.drop:.2f} → {artefact.drop:.2f} points")
     return artefact

@@ -129,3 +129,41 @@ def quantize_onnx(
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+class OnnxBuilder:
+    """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and rank nodes."""
+
+    def __init__(self, source, calibration: torch.Tensor | None, target: str, scratch: Path):
+        self.source, self.calibration, self.target, self.scratch = source, calibration, target, scratch
+        self._float_onnx: Path | None = None
+
+    @property
+    def _model(self) -> nn.Module:
+        # After QAT, onnxruntime quantizes the QAT-tuned weights.
+        return self.source.qat.tuned if self.source.qat else self.source.model
+
+    def build(self, path: Path, float_nodes: list[str]) -> str | None:
+        """Write the artefact; return the int8 scheme (None for float)."""
+        size = self.source.pre.img_size
+        if self.calibration is None:
+            export_float_onnx(self._model, size, path)
+            return None
+        if self._float_onnx is None:
+            self._float_onnx = self.scratch / "float.onnx"
+            export_float_onnx(self._model, size, self._float_onnx)
+        method = quantize_onnx(self._float_onnx, path, self.calibration, self.target, float_nodes)
+        qat = self.source.qat
+        trained = f"QAT ({qat.epochs} epochs, BatchNorm folded), then " if qat else ""
+        return f"{trained}{scheme(self.target)}, {method} calibration"
+
+    def candidates(self) -> dict[str, str]:
+        """Node name (what `build` takes) → the PyTorch module path shown to the user."""
+        return quantizable_nodes(self._float_onnx)
+
+    def logits_with_float(self, node: str, images) -> np.ndarray:
+        from edgecnn.export.verify import artefact_logits
+
+        path = self.scratch / "rank.onnx"
+        self.build(path, [node])
+        return artefact_logits(path, images)

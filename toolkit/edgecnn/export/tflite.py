@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,3 +123,35 @@ def _convert(module: nn.Module, img_size: int, path: Path, quant_config=None) ->
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+class TFLiteBuilder:
+    """The .tflite side of `edgecnn.export.export`: build with some layers in float, and rank layers."""
+
+    def __init__(self, source, calibration: torch.Tensor | None):
+        self.source, self.calibration = source, calibration
+
+    def build(self, path: Path, float_layers: list[str]) -> str | None:
+        """Write the artefact; return the int8 scheme (None for float)."""
+        qat, size = self.source.qat, self.source.pre.img_size
+        if qat:
+            from edgecnn.export.qat import export_tflite_qat
+
+            export_tflite_qat(qat, size, path)
+            return f"QAT ({qat.epochs} epochs, BatchNorm folded), then {SCHEME}"
+        export_tflite(self.source.model, size, path, self.calibration, float_layers)
+        return None if self.calibration is None else SCHEME
+
+    def candidates(self) -> dict[str, str]:
+        """Layer id (what `build` takes) → the PyTorch module path shown to the user."""
+        return {name: name for name in quantizable_layers(self.source.model)}
+
+    def logits_with_float(self, layer: str, images) -> np.ndarray:
+        """Simulated in PyTorch (PT2E fake-quant computes what the converter will) instead of one conversion
+        per layer."""
+        from edgecnn.data import normalise_batch
+
+        sim = simulate_int8(self.source.model, self.source.pre.img_size, self.calibration, [layer])
+        x = normalise_batch(torch.from_numpy(images.pixels), self.source.pre, torch.device("cpu"))
+        with torch.no_grad():
+            return np.concatenate([sim(x[i : i + 1].permute(0, 2, 3, 1)).numpy() for i in range(len(x))])
