@@ -153,8 +153,7 @@ class OnnxBuilder:
             self._float_onnx = self.scratch / "float.onnx"
             export_float_onnx(self._model, size, self._float_onnx)
         method = quantize_onnx(self._float_onnx, path, self.calibration, self.target, float_nodes)
-        qat = self.source.qat
-        trained = f"QAT ({qat.epochs} epochs, BatchNorm folded), then " if qat else ""
+        trained = self.source.qat.scheme_prefix if self.source.qat else ""
         return f"{trained}{scheme(self.target)}, {method} calibration"
 
     def candidates(self) -> dict[str, str]:

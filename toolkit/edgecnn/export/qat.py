@@ -33,6 +33,11 @@ class QATResult:
     epochs: int
     accuracy: float  # held-out top-1 of the fake-quantized model
 
+    @property
+    def scheme_prefix(self) -> str:
+        """How the artefact's int8 scheme description starts after QAT."""
+        return f"QAT ({self.epochs} epochs, BatchNorm folded), then "
+
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.fx.experimental.optimization import fuse

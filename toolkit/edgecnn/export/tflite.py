@@ -138,7 +138,7 @@ class TFLiteBuilder:
             from edgecnn.export.qat import export_tflite_qat
 
             export_tflite_qat(qat, size, path)
-            return f"QAT ({qat.epochs} epochs, BatchNorm folded), then {SCHEME}"
+            return qat.scheme_prefix + SCHEME
         export_tflite(self.source.model, size, path, self.calibration, float_layers)
         return None if self.calibration is None else SCHEME
 
