@@ -15,3 +15,9 @@ def closest(name: str, choices) -> str:
 
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def first_line(e: BaseException) -> str:
+    """'Type: first line of the message' — a third-party exception, cut down to one readable line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -79,7 +79,7 @@ def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
                 output_names=[OUTPUT_NAME], verbose=False,
             )
     except Exception as e:
-        raise EdgeCNNError(f"torch.onnx.export could not export the model: {_first_line(e)}") from None
+        raise EdgeCNNError(f"torch.onnx.export could not export the model: {first_line(e)}") from None
     proto = program.model_proto
     _global_average_pools(proto)
     onnx.save(proto, path)
@@ -123,12 +123,7 @@ def quantize_onnx(
                 quantize(CalibrationMethod.MinMax)
                 return "minmax (a tensor's range was too narrow to histogram)"
         except Exception as e:
-            raise EdgeCNNError(f"onnxruntime could not quantize the model: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+            raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
 class OnnxBuilder:

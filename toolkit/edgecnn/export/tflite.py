@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 
 SCHEME = "PT2E static int8: per-channel symmetric int8 weights, int8 activations (histogram calibration)"
@@ -87,7 +87,7 @@ def simulate_int8(
         try:
             program = torch.export.export(channels_last(model), example, strict=True)
         except Exception as e:
-            raise EdgeCNNError(f"torch.export (strict) cannot export the model: {_first_line(e)}") from None
+            raise EdgeCNNError(f"torch.export (strict) cannot export the model: {first_line(e)}") from None
         prepared = prepare_pt2e(program.module(), _quantizer(float_layers))
         with torch.no_grad():
             for sample in calibration:
@@ -117,12 +117,7 @@ def _convert(module: nn.Module, img_size: int, path: Path, quant_config=None) ->
         with quiet_native_output():
             litert_torch.convert(module, example, quant_config=quant_config).export(str(path))
     except Exception as e:
-        raise EdgeCNNError(f"litert-torch could not convert the model: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+        raise EdgeCNNError(f"litert-torch could not convert the model: {first_line(e)}") from None
 
 
 class TFLiteBuilder:
