@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_clean_error, edgecnn
-from edgecnn.data import FASHION_MNIST_DIRS, load_dataset, make_loader, normalise_batch, parse_dataset
+from edgecnn.data import FASHION_MNIST_DIRS, load_dataset, parse_dataset
 from edgecnn.errors import EdgeCNNError
+from edgecnn.loader import make_loader, normalise_batch
 from edgecnn.preprocess import Preprocess, resize_image
 
 
@@ -130,7 +131,7 @@ def test_augmentation_is_reproducible_per_epoch():
     ds = load_dataset("digits")
     pre = Preprocess(img_size=16)
     loader = make_loader(ds.train, pre, 4, train=True, augment=("flip", "crop"), seed=3)
-    from edgecnn.data import set_epoch
+    from edgecnn.loader import set_epoch
 
     set_epoch(loader, 1, 3)
     first = next(iter(loader))[0]

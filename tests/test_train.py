@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import edgecnn
 from edgecnn.checkpoint import load_checkpoint
-from edgecnn.data import load_dataset, make_loader
+from edgecnn.data import load_dataset
+from edgecnn.loader import make_loader
 from edgecnn.preprocess import Preprocess
 from edgecnn.train import learning_rate, recalibrate_batchnorm
 

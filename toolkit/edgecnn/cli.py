@@ -113,7 +113,8 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
              json_path: Path | None) -> None:
     """Evaluate a checkpoint: top-1 and top-5 accuracy on a dataset split."""
     from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.data import load_dataset, make_loader
+    from edgecnn.data import load_dataset
+    from edgecnn.loader import make_loader
     from edgecnn.train import evaluate, resolve_device
 
     ckpt = load_checkpoint(checkpoint)

@@ -13,8 +13,9 @@ import torch
 from rich.console import Console
 
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edgecnn.data import load_dataset, make_loader
+from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
+from edgecnn.loader import make_loader
 from edgecnn.models import model_spec
 from edgecnn.prune import complexity, layer_shapes, prune_channels
 from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig

@@ -19,8 +19,9 @@ from rich.progress import track
 from torch import nn
 
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from edgecnn.data import Dataset, default_normalisation, load_dataset, make_loader, normalise_batch, set_epoch
+from edgecnn.data import Dataset, default_normalisation, load_dataset
 from edgecnn.errors import EdgeCNNError
+from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.models import build_model, load_pretrained
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes

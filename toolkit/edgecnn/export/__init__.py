@@ -154,7 +154,7 @@ def export(
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
     calib_tensor = None
     if options.int8:
-        from edgecnn.data import normalise_batch
+        from edgecnn.loader import normalise_batch
 
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
     reference = float_reference(source.model, source.pre, verification)

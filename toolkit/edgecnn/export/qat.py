@@ -17,10 +17,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgecnn.data import load_dataset, make_loader, normalise_batch, set_epoch
+from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import ExportSource
 from edgecnn.export.tflite import _litert_torch, _quantizer, channels_last
+from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.native import quiet_native_output
 from edgecnn.recipe import Recipe
 from edgecnn.train import learning_rate

@@ -144,7 +144,7 @@ class TFLiteBuilder:
     def logits_with_float(self, layer: str, images) -> np.ndarray:
         """Simulated in PyTorch (PT2E fake-quant computes what the converter will) instead of one conversion
         per layer."""
-        from edgecnn.data import normalise_batch
+        from edgecnn.loader import normalise_batch
 
         sim = simulate_int8(self.source.model, self.source.pre.img_size, self.calibration, [layer])
         x = normalise_batch(torch.from_numpy(images.pixels), self.source.pre, torch.device("cpu"))

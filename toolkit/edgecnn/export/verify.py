@@ -33,7 +33,7 @@ class FloatReference:
 
 
 def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: int = 128) -> FloatReference:
-    from edgecnn.data import normalise_batch
+    from edgecnn.loader import normalise_batch
 
     model.eval()
     outputs = []
