@@ -252,6 +252,101 @@ def _failure(artefact, options) -> str:
     return f"top-1 drop {artefact.drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop}"
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise EdgeCNNError(f"{option} {text}: expected comma-separated whole numbers, e.g. 1,2,4") from None
+    if not values or min(values) < 1:
+        raise EdgeCNNError(f"{option} {text}: expected positive whole numbers, e.g. 1,2,4")
+    return values
+
+
+@cli.command()
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", default="1", show_default=True, help="Comma-separated thread counts, e.g. 1,2,4.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs (at least).")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keep timing until this many seconds have passed too.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure every variant this many times in turns (A B A B ...), each in a fresh process.")
+@click.option("--dataset", help="Held-out data for accuracy and agreement: digits, fashion-mnist, imagefolder:DIR ...")
+@click.option("--samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Held-out images used with --dataset.")
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Float model for top-1 agreement [default: the first checkpoint, else the first float model].")
+@click.option("--input-shape", help="Input shape for models with dynamic dimensions, e.g. 1,3,224,224.")
+@click.option("--profile", is_flag=True, help="Per-op times (onnxruntime profiler; benchmark_model on adb).")
+@click.option("--device", default="local", show_default=True,
+              help="local, cuda, ssh://[user@]host[:port] or adb[:SERIAL].")
+@click.option("--all-formats", is_flag=True,
+              help="For a checkpoint: export ONNX and TFLite, float32 and int8, and benchmark them all with it.")
+@click.option("--export-dir", type=click.Path(path_type=Path),
+              help="Where --all-formats writes the artefacts [default: CHECKPOINT_DIR/bench-export].")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
+              help="--all-formats: an int8 export losing more top-1 points fails the accuracy gate.")
+@click.option("--target", type=click.Choice(["x86", "arm"]), default="x86", show_default=True,
+              help="--all-formats: int8 scheme of the ONNX export.")
+@click.option("--remote-python", default="python3", show_default=True, help="ssh: the device's Python.")
+@click.option("--ssh-key", type=click.Path(path_type=Path), help="ssh: identity file.")
+@click.option("--ssh-config", type=click.Path(path_type=Path), help="ssh: config file (ssh -F).")
+@click.option("--ssh-insecure", is_flag=True, help="ssh: do not check the host key (throwaway test boards only).")
+@click.option("--benchmark-model", type=click.Path(path_type=Path), help="adb: TensorFlow Lite benchmark_model.")
+@click.option("--cores", help="adb: CPU mask to pin to, e.g. f0 for cores 4-7.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True,
+              help="Seconds one measurement may take.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"machine": ..., "results": [...]}.')
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path))
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Latency-vs-accuracy PNG.")
+def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, samples, reference, input_shape,
+          profile, device, all_formats, export_dir, max_accuracy_drop, target, remote_python, ssh_key, ssh_config,
+          ssh_insecure, benchmark_model, cores, timeout, json_path, csv_path, md_path, plot_path) -> None:
+    """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
+    from edgecnn.bench import BenchOptions, benchmark, make_target
+    from edgecnn.bench.report import print_bench_table, write_outputs
+
+    options = BenchOptions(_int_list(threads, "--threads"), runs, warmup, min_seconds, batch, rounds, dataset,
+                           samples, _int_list(input_shape, "--input-shape") if input_shape else None, profile,
+                           reference)
+    target_device = make_target(device, python=remote_python, key=ssh_key, config=ssh_config, insecure=ssh_insecure,
+                                benchmark_model=benchmark_model, cores=cores, timeout=timeout)
+    models, failed_exports = list(models), []
+    if all_formats:
+        from edgecnn.bench.matrix import export_all_formats
+
+        if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
+            raise EdgeCNNError("--all-formats takes one edgecnn checkpoint (.pt)")
+        out = export_dir or models[0].parent / "bench-export"
+        exported, failed_exports = export_all_formats(models[0], out, dataset, samples, max_accuracy_drop, target,
+                                                      console)
+        models += exported
+        options.dataset = options.dataset or _checkpoint_dataset(models[0])
+    rows, machine = benchmark(models, options, target_device, console)
+    rows += failed_exports
+    notes = []
+    if options.dataset and all(r.agreement is None for r in rows):
+        notes.append("agreement: no float reference among these models; give --reference FLOAT_MODEL")
+    print_bench_table(console, rows, machine, notes)
+    options_record = {"threads": list(options.threads), "runs": runs, "warmup": warmup, "min_seconds": min_seconds,
+                      "batch": batch, "rounds": rounds, "dataset": options.dataset, "samples": samples,
+                      "device": device}
+    for path in write_outputs(rows, machine, options_record, notes, json_path, csv_path, md_path, plot_path):
+        console.print(f"wrote {path}")
+    broken = [r for r in rows if r.status.startswith("failed")]
+    if broken:
+        raise EdgeCNNError(f"{len(broken)} of {len(rows)} measurements failed: "
+                           + "; ".join(f"{r.model}: {r.status.removeprefix('failed: ')}" for r in broken))
+
+
+def _checkpoint_dataset(path: Path) -> str | None:
+    from edgecnn.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).dataset
+
+
 @cli.command()
 @click.argument("model_path", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the card and op summary as JSON.")

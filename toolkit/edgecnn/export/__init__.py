@@ -102,7 +102,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
         "input": {**_tensor_card(backend.input), "layout": LAYOUT[fmt]},
         "output": {**_tensor_card(backend.output), "kind": "logits"},
         "source": {"model": source.name, "width": source.width, "dataset": source.dataset, "from": source.origin,
-                   "recipe_hash": source.recipe_hash},
+                   "recipe_hash": source.recipe_hash, "macs": source.macs},
         "quantization": {
             "int8": scheme is not None,
             "scheme": scheme,
@@ -158,6 +158,10 @@ def export(
 
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
     reference = float_reference(source.model, source.pre, verification)
+    if source.macs is None:
+        from edgecnn.prune import complexity
+
+        source.macs = complexity(source.model, source.pre.img_size).macs
     stem = source.name + ("_int8" if options.int8 else "")
     artefacts = []
     with scratch_dir as scratch:

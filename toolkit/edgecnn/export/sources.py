@@ -28,6 +28,7 @@ class ExportSource:
     recipe_hash: str | None = None
     origin: str = ""  # checkpoint or weights file it came from
     qat: Any = None  # edgecnn.export.qat.QATResult when quantization-aware training ran
+    macs: int | None = None  # multiply-accumulates per image, recorded in the card for `edgecnn bench`
 
 
 @dataclass

@@ -53,11 +53,14 @@ def _litert_interpreter():
 
 
 class LiteRTBackend:
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | None, input_shape: tuple[int, ...] | None = None):
         interpreter_cls, self.name = _litert_interpreter()
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
                 self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+                if input_shape is not None:
+                    index = self._interpreter.get_input_details()[0]["index"]
+                    self._interpreter.resize_tensor_input(index, list(input_shape), strict=False)
                 self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise EdgeCNNError(f"{path}: the TFLite runtime cannot load it: {str(e).strip().splitlines()[0]}") from None
@@ -80,7 +83,7 @@ class LiteRTBackend:
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | None, input_shape: tuple[int, ...] | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -92,24 +95,30 @@ class OnnxBackend:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EdgeCNNError(f"{path}: onnxruntime cannot load it: {str(e).strip().splitlines()[0][:200]}") from None
-        self.input = self._spec(self._session.get_inputs()[0])
+        self.input = self._spec(self._session.get_inputs()[0], input_shape)
         self.output = self._spec(self._session.get_outputs()[0])
 
     @staticmethod
-    def _spec(arg) -> TensorSpec:
+    def _spec(arg, shape: tuple[int, ...] | None = None) -> TensorSpec:
         dtypes = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
                   "tensor(float16)": np.float16}
         if arg.type not in dtypes:
             raise EdgeCNNError(f"unsupported tensor type {arg.type} for '{arg.name}'")
-        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
-        return TensorSpec(arg.name, shape, np.dtype(dtypes[arg.type]))
+        shape = shape or tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        return TensorSpec(arg.name, tuple(shape), np.dtype(dtypes[arg.type]))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self.input.name: x})[0]
 
 
+def load_backend(path: str | Path, threads: int | None = None, input_shape: tuple[int, ...] | None = None) -> Backend:
+    """Load a model in its runtime, trusting the file (the bench runner's child process checks nothing twice)."""
+    path = Path(path)
+    cls = LiteRTBackend if model_format(path) == "tflite" else OnnxBackend
+    return cls(path, threads, input_shape)
+
+
 def open_backend(path: str | Path, threads: int | None = None) -> Backend:
     """Load a model in its runtime after checking that the file parses (no segfault on a corrupt file)."""
-    path = Path(path)
     read_model_file(path)
-    return LiteRTBackend(path, threads) if model_format(path) == "tflite" else OnnxBackend(path, threads)
+    return load_backend(path, threads)

@@ -15,7 +15,7 @@ import numpy as np
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess, resize_image
 from edgecnn.runtime.backends import Backend, TensorSpec, open_backend
-from edgecnn.runtime.modelfile import read_model_file
+from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 
 @dataclass
@@ -46,25 +46,36 @@ def _layout_from_shape(shape: tuple[int, ...]) -> str:
     raise EdgeCNNError(f"model input shape {shape} has no 3-channel axis; give --layout and --img-size")
 
 
-class Classifier:
-    def __init__(self, backend: Backend, pre: Preprocess, labels: list[str], layout: str):
-        self.backend, self.pre, self.layout = backend, pre, layout
-        out = backend.output
-        classes = out.shape[-1]
-        if len(out.shape) != 2:
-            raise EdgeCNNError(f"model output has shape {out.shape}: a classifier outputs (batch, classes)")
-        self.labels = labels if len(labels) == classes else [str(i) for i in range(classes)]
-        self._lut = input_lut(pre, backend.input)
+class InputPipeline:
+    """A frame → one input sample in the model's layout and dtype: one resize, one table lookup."""
+
+    def __init__(self, pre: Preprocess, spec: TensorSpec):
+        self.pre, self.spec, self.layout = pre, spec, pre.layout
+        self._lut = input_lut(pre, spec)
         self._channels = np.arange(3)
-        self.batch_fixed = backend.input.shape[0] == 1
 
     def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
-        """One H×W×3 (or H×W) uint8 frame → one input sample in the model's layout and dtype."""
+        """One H×W×3 (or H×W) uint8 frame → one input sample."""
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
             raise EdgeCNNError(f"expected an H×W×3 or H×W uint8 image, got {frame.dtype} array of shape {frame.shape}")
         image = resize_image(frame, self.pre, color=color)
         x = self._lut[self._channels, image]
         return np.ascontiguousarray(x.transpose(2, 0, 1)) if self.layout == "NCHW" else x
+
+
+class Classifier:
+    def __init__(self, backend: Backend, pre: Preprocess, labels: list[str]):
+        self.backend, self.pre, self.layout = backend, pre, pre.layout
+        out = backend.output
+        classes = out.shape[-1]
+        if len(out.shape) != 2:
+            raise EdgeCNNError(f"model output has shape {out.shape}: a classifier outputs (batch, classes)")
+        self.labels = labels if len(labels) == classes else [str(i) for i in range(classes)]
+        self.inputs = InputPipeline(pre, backend.input)
+        self.batch_fixed = backend.input.shape[0] == 1
+
+    def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+        return self.inputs.prepare(frame, color)
 
     def logits(self, samples: np.ndarray) -> np.ndarray:
         """Prepared samples (N, ...) → float logits (N, classes), dequantized where the output is int8."""
@@ -94,6 +105,33 @@ class Classifier:
         return Prediction(best, self.labels[best], float(probs[best]), topk)
 
 
+def model_preprocess(
+    model_file: ModelFile,
+    input_shape: tuple[int, ...],
+    img_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    color: str | None = None,
+) -> Preprocess:
+    """How to feed the model: its embedded card, overridden by the arguments; the layout and size from the
+    input shape for files without a card (mean 0, std 1: pixels scaled to [0, 1])."""
+    card = model_file.card or {}
+    layout = card.get("input", {}).get("layout") or _layout_from_shape(input_shape)
+    spatial = input_shape[1:3] if layout == "NHWC" else input_shape[2:4]
+    card_pre = card.get("preprocess", {})
+    size = img_size or card_pre.get("img_size") or (spatial[0] if spatial[0] > 0 else None)
+    if not size:
+        raise EdgeCNNError(f"{model_file.path}: input size is not fixed in the model and not given; pass img_size")
+    return Preprocess(
+        img_size=int(size),
+        mean=tuple(mean or card_pre.get("mean") or (0.0, 0.0, 0.0)),
+        std=tuple(std or card_pre.get("std") or (1.0, 1.0, 1.0)),
+        color=color or card_pre.get("color", "RGB"),
+        crop=card_pre.get("crop"),
+        layout=layout,
+    )
+
+
 def load(
     path: str | Path,
     threads: int | None = None,
@@ -105,20 +143,7 @@ def load(
     labels: list[str] | None = None,
 ) -> Classifier:
     """Open a .tflite/.onnx classifier; its embedded card supplies preprocessing, the arguments override it."""
-    card = read_model_file(path).card or {}
+    model_file = read_model_file(path)
     backend = open_backend(path, threads)
-    layout = card.get("input", {}).get("layout") or _layout_from_shape(backend.input.shape)
-    spatial = backend.input.shape[1:3] if layout == "NHWC" else backend.input.shape[2:4]
-    card_pre = card.get("preprocess", {})
-    size = img_size or card_pre.get("img_size") or (spatial[0] if spatial[0] > 0 else None)
-    if not size:
-        raise EdgeCNNError(f"{path}: input size is not fixed in the model and not given; pass img_size")
-    pre = Preprocess(
-        img_size=int(size),
-        mean=tuple(mean or card_pre.get("mean") or (0.0, 0.0, 0.0)),
-        std=tuple(std or card_pre.get("std") or (1.0, 1.0, 1.0)),
-        color=color or card_pre.get("color", "RGB"),
-        crop=card_pre.get("crop"),
-        layout=layout,
-    )
-    return Classifier(backend, pre, labels or card.get("labels") or [], layout)
+    pre = model_preprocess(model_file, backend.input.shape, img_size, mean, std, color)
+    return Classifier(backend, pre, labels or (model_file.card or {}).get("labels") or [])

@@ -135,7 +135,8 @@ def _read_tflite(path: Path, data: bytes) -> ModelFile:
         ops.append(OpInfo(name, activation, _layer_path(outs[0]["name"]) if outs else ""))
 
     def io(indices: list[int]) -> list[dict]:
-        return [{k: v for k, v in tensor(i).items() if k != "buffer"} for i in indices]
+        return [{**{k: v for k, v in tensor(i).items() if k != "buffer"}, **_quantization(graph.Tensors(i))}
+                for i in indices]
 
     card = None
     for m in range(model.MetadataLength()):
@@ -144,6 +145,14 @@ def _read_tflite(path: Path, data: bytes) -> ModelFile:
             card = json.loads(model.Buffers(meta.Buffer()).DataAsNumpy().tobytes().decode())
     return ModelFile(path, "tflite", ops, io(graph.InputsAsNumpy().tolist()), io(graph.OutputsAsNumpy().tolist()),
                      card)
+
+
+def _quantization(t) -> dict:
+    """Per-tensor scale and zero point of a quantized model input/output, {} for float tensors."""
+    q = t.Quantization()
+    if q is None or q.ScaleLength() != 1:
+        return {}
+    return {"scale": float(q.ScaleAsNumpy()[0]), "zero_point": int(q.ZeroPointAsNumpy()[0])}
 
 
 def _layer_path(tensor_name: str) -> str:

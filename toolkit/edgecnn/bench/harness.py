@@ -1,0 +1,324 @@
+"""The benchmark harness: models × thread counts → measured rows, each measured in a fresh process.
+
+    rows, machine = benchmark([Path("a.tflite"), Path("b.onnx")], BenchOptions(threads=(1, 2)), target)
+
+A variant is one model at one thread count (and precision/batch for PyTorch). Each variant is measured by a
+child process (`edgecnn.bench.runner`, or `torch_runner` for checkpoints) so that thread pools, allocator state
+and a crashing runtime stay out of the harness; with `rounds` > 1 variants take turns (A B A B ...) and their
+samples are pooled, so a machine that drifts biases none of them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.bench.runner import LatencyStats, decode_array
+from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.backends import TensorSpec
+from edgecnn.runtime.modelfile import FORMATS, ModelFile, read_model_file
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+GPU_THROUGHPUT_BATCH = 256
+
+
+@dataclass
+class BenchOptions:
+    threads: tuple[int, ...] = (1,)
+    runs: int = 50
+    warmup: int = 5
+    min_seconds: float = 0.0
+    batch: int = 1
+    rounds: int = 1
+    dataset: str | None = None
+    samples: int = 500  # held-out images for accuracy/agreement
+    input_shape: tuple[int, ...] | None = None
+    profile: bool = False
+    reference: Path | None = None
+
+
+@dataclass
+class Variant:
+    """One row to measure: a model at one thread count (and, for PyTorch, one precision and batch)."""
+
+    model: Path
+    format: str  # tflite | onnx | pytorch
+    precision: str  # int8 | float32 | fp16 | mixed
+    threads: int
+    input_shape: tuple[int, ...]
+    name: str = ""
+    runner: str = "edgecnn.bench.runner"
+    torch: dict = field(default_factory=dict)  # device, channels_last for the PyTorch runner
+    inputs: Path | None = None  # prepared held-out samples (.npy)
+    macs: int | None = None
+
+
+@dataclass
+class BenchRow:
+    model: str
+    format: str
+    precision: str
+    backend: str
+    device: str
+    threads: int
+    batch: int
+    status: str = "ok"  # ok | failed: ... | export failed: ... | accuracy gate failed
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    runs: int = 0
+    load_ms: float | None = None
+    first_ms: float | None = None
+    throughput_ips: float | None = None
+    size_bytes: int | None = None
+    peak_rss_mb: float | None = None
+    macs: int | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    fastest: bool = False
+    path: str = ""
+    profile: list[dict] | None = None
+    note: str = ""
+
+
+def model_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "pytorch"
+    known = ", ".join([*FORMATS, *CHECKPOINT_SUFFIXES])
+    raise EdgeCNNError(f"{path}: unknown model type '{suffix or path.name}'; bench takes {known} files")
+
+
+def _precision(model_file: ModelFile) -> str:
+    if not model_file.int8_ops:
+        return "float32"
+    return "mixed" if model_file.float_ops else "int8"
+
+
+def resolve_input_shape(model_file: ModelFile, batch: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input shape to run: --input-shape, else the file's, with an open batch dimension set to `batch`."""
+    if given is not None:
+        return given
+    shape = model_file.inputs[0]["shape"]
+    open_dims = [i for i, d in enumerate(shape) if not isinstance(d, int) or d <= 0]
+    if [i for i in open_dims if i != 0]:
+        raise EdgeCNNError(f"{model_file.path}: input '{model_file.inputs[0]['name']}' has dynamic dimensions "
+                           f"{shape}: give --input-shape, e.g. --input-shape 1,3,224,224")
+    fixed = [int(d) for d in shape]
+    if not open_dims and fixed and fixed[0] != batch and model_file.format == "onnx":
+        raise EdgeCNNError(f"{model_file.path}: the model's batch is fixed at {fixed[0]}; --batch {batch} needs a "
+                           "model exported with a dynamic batch dimension")
+    return (batch, *fixed[1:])
+
+
+def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
+    t = model_file.inputs[0]
+    return TensorSpec(t["name"], shape, np.dtype(t["dtype"]), t.get("scale", 0.0), t.get("zero_point", 0))
+
+
+def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
+    model_file = read_model_file(path)  # refuses truncated/foreign files before any runtime sees them
+    shape = resolve_input_shape(model_file, options.batch, options.input_shape)
+    macs = ((model_file.card or {}).get("source") or {}).get("macs")
+    return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs)
+            for t in options.threads]
+
+
+def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[Variant]:
+    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.prune import complexity
+
+    ckpt = load_checkpoint(path)
+    size = ckpt.preprocess.img_size
+    macs = complexity(ckpt.build(), size).macs
+    if device == "cuda":
+        batches = sorted({1, options.batch if options.batch > 1 else GPU_THROUGHPUT_BATCH})
+        return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), path.name, "edgecnn.bench.torch_runner",
+                        {"device": "cuda", "channels_last": True}, macs=macs)
+                for precision in ("fp32", "fp16") for b in batches]
+    return [Variant(path, "pytorch", "fp32", t, (options.batch, 3, size, size), path.name,
+                    "edgecnn.bench.torch_runner", {"device": "cpu", "channels_last": False}, macs=macs)
+            for t in options.threads]
+
+
+def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[Variant]:
+    variants = []
+    for path in paths:
+        if not path.is_file():
+            raise EdgeCNNError(f"model file not found: {path}")
+        kind = model_kind(path)
+        if kind == "pytorch":
+            if device not in ("local", "cuda"):
+                raise EdgeCNNError(f"{path}: a PyTorch checkpoint runs on --device local or cuda; export it to "
+                                   ".tflite/.onnx to run it on {device}")
+            variants += checkpoint_variants(path, options, device)
+        else:
+            if device == "cuda":
+                raise EdgeCNNError(f"{path}: --device cuda runs PyTorch checkpoints; .tflite/.onnx files run on CPUs")
+            variants += file_variants(path, options)
+    return variants
+
+
+def _size_bytes(variant: Variant) -> int:
+    if variant.format != "pytorch":
+        return variant.model.stat().st_size
+    from edgecnn.checkpoint import load_checkpoint
+
+    state = load_checkpoint(variant.model).state_dict
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+@dataclass
+class HeldOut:
+    """The held-out images every model is compared on (resized per model from the same originals)."""
+
+    images: list[np.ndarray]
+    labels: np.ndarray
+    description: str
+
+
+def held_out_images(dataset: str, limit: int) -> HeldOut:
+    from edgecnn.data import load_dataset
+
+    test = load_dataset(dataset).split("test")
+    order = np.arange(len(test))
+    if limit < len(test):
+        order = np.sort(np.random.default_rng(0).choice(len(test), limit, replace=False))
+    images = [test.image(int(i)) for i in order]
+    return HeldOut(images, test.labels[order], f"{dataset} test split, {len(order)} images")
+
+
+def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
+    """The held-out images as this model's input tensors (its size, layout, normalisation, quantization)."""
+    from edgecnn.preprocess import resize_image
+    from edgecnn.runtime.classifier import InputPipeline, model_preprocess
+
+    target = folder / f"inputs-{abs(hash((str(variant.model), variant.input_shape)))}.npy"
+    if target.exists():
+        return target
+    if variant.format == "pytorch":
+        from edgecnn.checkpoint import load_checkpoint
+
+        pre = load_checkpoint(variant.model).preprocess
+        samples = np.stack([resize_image(image, pre) for image in held_out.images])
+    else:
+        model_file = read_model_file(variant.model)
+        pipeline = InputPipeline(model_preprocess(model_file, variant.input_shape),
+                                 input_spec(model_file, variant.input_shape))
+        samples = np.stack([pipeline.prepare(image, color="RGB") for image in held_out.images])
+    np.save(target, samples)
+    return target
+
+
+def job_for(variant: Variant, options: BenchOptions) -> dict:
+    return {"model": str(variant.model), "threads": variant.threads, "warmup": options.warmup, "runs": options.runs,
+            "min_seconds": options.min_seconds, "input_shape": list(variant.input_shape),
+            "inputs": str(variant.inputs) if variant.inputs else None, "profile": options.profile,
+            "precision": variant.precision, **variant.torch}
+
+
+def row_from_results(variant: Variant, results: list[dict], device: str) -> BenchRow:
+    """One row from the results of every round of a variant (samples pooled; load/first-run: their median)."""
+    ok = [r for r in results if r.get("ok")]
+    row = BenchRow(variant.name, variant.format, variant.precision, "", device, variant.threads,
+                   variant.input_shape[0], path=str(variant.model), macs=variant.macs, size_bytes=_size_bytes(variant))
+    if len(ok) < len(results):
+        row.status = "failed: " + next(r["error"] for r in results if not r.get("ok"))
+        return row
+    if all("latencies_ms" in r for r in ok):
+        stats = vars(LatencyStats.from_samples([t for r in ok for t in r["latencies_ms"]]))
+    else:  # a tool that reports only its own summary (benchmark_model): the first round's
+        stats = ok[0]["stats"]
+    for name, value in stats.items():
+        setattr(row, name, value)
+    row.backend = ok[0]["backend"]
+    row.load_ms = _median([r.get("load_ms") for r in ok])
+    row.first_ms = _median([r.get("first_ms") for r in ok])
+    row.peak_rss_mb = max((r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb") is not None), default=None)
+    typical = row.median_ms or row.mean_ms
+    row.throughput_ips = row.batch * 1000.0 / typical if typical else None
+    row.profile = ok[0].get("profile")
+    row.note = "; ".join(filter(None, [ok[0].get("profile_note"), ok[0].get("gpu")]))
+    return row
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
+def _reference_index(variants: list[Variant], options: BenchOptions) -> int | None:
+    """Which variant is the float reference for agreement: --reference, else the first PyTorch checkpoint,
+    else the first float model."""
+    if options.reference is not None:
+        matches = [i for i, v in enumerate(variants) if v.model.resolve() == options.reference.resolve()]
+        return matches[0] if matches else None
+    for wanted in ("pytorch", None):
+        for i, v in enumerate(variants):
+            if (v.format == wanted) if wanted else v.precision in ("float32", "fp32"):
+                return i
+    return None
+
+
+def score(rows: list[BenchRow], outputs: dict[int, np.ndarray], labels: np.ndarray, reference: int | None) -> None:
+    """Accuracy against the labels and top-1 agreement / max |difference| against the reference row."""
+    ref = outputs.get(reference) if reference is not None else None
+    for i, row in enumerate(rows):
+        out = outputs.get(i)
+        if out is None:
+            continue
+        row.accuracy = float((out.argmax(1) == labels).mean()) if out.shape[1] > labels.max() else None
+        if ref is not None and ref.shape == out.shape:
+            row.agreement = float((out.argmax(1) == ref.argmax(1)).mean())
+            row.max_abs_diff = float(np.abs(out - ref).max())
+
+
+def mark_fastest(rows: list[BenchRow]) -> None:
+    """The lowest median among the rows that ran, per (device, threads, batch)."""
+    groups: dict[tuple, list[BenchRow]] = {}
+    for row in rows:
+        if row.status == "ok" and row.median_ms is not None:
+            groups.setdefault((row.device, row.threads, row.batch), []).append(row)
+    for group in groups.values():
+        if len(group) > 1:
+            min(group, key=lambda r: r.median_ms).fastest = True
+
+
+def benchmark(paths: list[Path], options: BenchOptions, target, console=None) -> tuple[list[BenchRow], dict]:
+    """Measure every model at every thread count on `target`; returns (rows, the target machine's info)."""
+    if options.reference is not None and options.reference not in paths:
+        paths = [*paths, options.reference]
+    variants = variants_for(paths, options, target.device_kind)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as folder:
+        held_out = None
+        if options.dataset:
+            held_out = held_out_images(options.dataset, options.samples)
+            variants = [replace(v, inputs=prepare_inputs(v, held_out, Path(folder))) for v in variants]
+        results: dict[int, list[dict]] = {i: [] for i in range(len(variants))}
+        with target:
+            for round_index in range(options.rounds):
+                for i, variant in enumerate(variants):
+                    if console is not None:
+                        console.print(f"[dim]round {round_index + 1}/{options.rounds}: {variant.name} "
+                                      f"{variant.precision} threads={variant.threads} batch={variant.input_shape[0]}"
+                                      f"[/dim]")
+                    job = job_for(variant, options)
+                    job["inputs"] = job["inputs"] if round_index == 0 else None
+                    results[i].append(target.run(variant, job))
+    rows = [row_from_results(v, results[i], target.name) for i, v in enumerate(variants)]
+    if held_out is not None:
+        outputs = {i: decode_array(r[0]["outputs"]) for i, r in results.items() if r[0].get("outputs")}
+        score(rows, outputs, held_out.labels, _reference_index(variants, options))
+    mark_fastest(rows)
+    machine = next((r["machine"] for rs in results.values() for r in rs if "machine" in r), {})
+    return rows, machine

@@ -1,0 +1,203 @@
+"""One measurement, in its own process: load a .tflite/.onnx model, time it, optionally run labelled inputs
+and profile it, and print one JSON result line.
+
+    python -m edgecnn.bench.runner JOB.json        # here
+    python3 edgecnn-runner.pyz JOB.json           # on a device: the bundle carries this file and the backends
+
+The parent fixes the thread count and input shape; this process only measures. Numpy, the standard library,
+and ai-edge-litert or onnxruntime are all it needs: no torch, no OpenCV, no edgecnn install on the device.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+RESULT_PREFIX = "EDGECNN-RESULT "
+MAX_RUNS = 100_000
+
+
+@dataclass
+class LatencyStats:
+    """Summary of per-run latencies in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> LatencyStats:
+        t = np.asarray(samples_ms, dtype=np.float64)
+        return cls(
+            median_ms=float(np.median(t)), p90_ms=float(np.percentile(t, 90)), p99_ms=float(np.percentile(t, 99)),
+            mean_ms=float(t.mean()), std_ms=float(t.std(ddof=1)) if len(t) > 1 else 0.0, min_ms=float(t.min()),
+            max_ms=float(t.max()), runs=len(t),
+        )
+
+
+def time_runs(run: Callable[[], object], warmup: int, runs: int, min_seconds: float) -> tuple[float, list[float]]:
+    """(first-run ms, per-run ms of the timed runs): `warmup` untimed runs after the first, then at least
+    `runs` runs and at least `min_seconds` of them."""
+    start = time.perf_counter()
+    run()
+    first_ms = (time.perf_counter() - start) * 1000
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    began = time.perf_counter()
+    while len(samples) < runs or (time.perf_counter() - began < min_seconds and len(samples) < MAX_RUNS):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1000)
+    return first_ms, samples
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
+    child of a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    raw = raw.astype(np.float32)
+    return (raw - zero_point) * scale if scale else raw
+
+
+def run_samples(backend, samples: np.ndarray, batch: int) -> np.ndarray:
+    """Float outputs of every prepared sample, `batch` at a time (the model's fixed batch size)."""
+    out = backend.output
+    chunks = []
+    for start in range(0, len(samples), batch):
+        x = samples[start : start + batch]
+        short = batch - len(x)
+        if short:  # a fixed-batch model gets the last partial batch padded, and the padding dropped
+            x = np.concatenate([x, np.repeat(x[-1:], short, axis=0)])
+        chunks.append(dequantize(backend.run(x), out.scale, out.zero_point)[: batch - short])
+    return np.concatenate(chunks)
+
+
+def onnx_profile(path: str, threads: int, x: np.ndarray, runs: int, top: int) -> list[dict]:
+    """Mean time per run of the slowest ONNX nodes, from onnxruntime's own profiler."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs + 1):
+            session.run(None, {name: x})
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    return summarise_onnx_profile(events, top)
+
+
+def summarise_onnx_profile(events: list[dict], top: int) -> list[dict]:
+    """The `top` nodes by mean time per run, from onnxruntime trace events ('<node>_kernel_time', cat 'Node').
+    The first run allocates buffers: its events are left out."""
+    run_ends = sorted(e["ts"] + e.get("dur", 0) for e in events if e.get("name") == "model_run")
+    after = run_ends[0] if len(run_ends) > 1 else -1
+    runs = max(1, len(run_ends) - 1)
+    per_node: dict[str, dict] = {}
+    total = 0.0
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < after:
+            continue
+        node = e["name"].removesuffix("_kernel_time")
+        entry = per_node.setdefault(node, {"node": node, "op": e.get("args", {}).get("op_name", "?"), "us": 0.0})
+        entry["us"] += float(e.get("dur", 0))
+        total += float(e.get("dur", 0))
+    rows = sorted(per_node.values(), key=lambda r: -r["us"])[:top]
+    return [{"node": r["node"], "op": r["op"], "mean_ms": r["us"] / runs / 1000,
+             "share": r["us"] / total if total else 0.0} for r in rows]
+
+
+def execute(job: dict) -> dict:
+    """Run one measurement job (see `edgecnn.bench.harness.Job`) and return its result."""
+    from edgecnn.runtime.backends import load_backend
+
+    shape = tuple(job["input_shape"])
+    started = time.perf_counter()
+    backend = load_backend(job["model"], job["threads"], shape)
+    load_ms = (time.perf_counter() - started) * 1000
+    x = random_input(shape, backend.input.dtype, job.get("seed", 0))
+    first_ms, samples = time_runs(lambda: backend.run(x), job["warmup"], job["runs"], job["min_seconds"])
+    result = {"backend": backend.name, "load_ms": load_ms, "first_ms": first_ms, "latencies_ms": samples,
+              "stats": asdict(LatencyStats.from_samples(samples)),
+              "input": {"shape": list(shape), "dtype": backend.input.dtype.name}}
+    if job.get("inputs"):
+        outputs = run_samples(backend, np.load(job["inputs"]), shape[0])
+        result["outputs"] = encode_array(outputs)
+    if job.get("profile"):
+        if backend.name == "onnxruntime":
+            result["profile"] = onnx_profile(job["model"], job["threads"], x, job.get("profile_runs", 20), 15)
+        else:
+            result["profile_note"] = ("the TFLite Python runtime has no per-op profiler: use --device adb (TFLite's "
+                                      "benchmark_model --enable_op_profiling) for op timings")
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def encode_array(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return {"shape": list(a.shape), "float32_b64": base64.b64encode(a.tobytes()).decode()}
+
+
+def decode_array(d: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["float32_b64"]), dtype=np.float32).reshape(d["shape"])
+
+
+def main(argv: list[str] | None = None, execute_job: Callable[[dict], dict] = execute) -> int:
+    """Read the job file named on the command line, run it, print the result line; errors are results too."""
+    from edgecnn.bench.machine import machine_info
+
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    try:
+        result = {"ok": True, **execute_job(job)}
+    except Exception as e:  # reported to the parent as one line; the parent decides how to show it
+        text = str(e).strip()
+        result = {"ok": False, "error": f"{text.splitlines()[0][:300] if text else type(e).__name__}"}
+    result["machine"] = machine_info()
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

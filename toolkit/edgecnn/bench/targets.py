@@ -1,0 +1,211 @@
+"""Where a measurement runs: this machine (CPU or CUDA) or a device over ssh. Each target runs one job in a
+fresh process and returns the runner's result dict.
+
+A target is a context manager (set up / clean up the device) with `run(variant, job) -> dict`, a `name` for
+the rows' device column and a `device_kind` the harness checks models against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgecnn.bench.runner import RESULT_PREFIX
+from edgecnn.errors import EdgeCNNError
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def parse_result(stdout: str, stderr: str, returncode: int, what: str) -> dict:
+    """The runner's result line, or a failure result that says why there is none (a crash, a signal)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else -returncode
+        return {"ok": False, "error": f"the runtime crashed running {what} ({name})"}
+    tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return {"ok": False, "error": f"the runner gave no result for {what} (exit {returncode}): {tail}"}
+
+
+class LocalTarget:
+    """This machine: `local` (CPU) or `cuda` (PyTorch on the GPU)."""
+
+    def __init__(self, kind: str = "local", timeout: float = 900):
+        self.name = self.device_kind = kind
+        self.timeout = timeout
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> LocalTarget:
+        if self.device_kind == "cuda":
+            _require_cuda()
+        self._folder = tempfile.TemporaryDirectory(prefix="edgecnn-jobs-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._folder.cleanup()
+
+    def run(self, variant, job: dict) -> dict:
+        job_file = Path(self._folder.name) / "job.json"
+        job_file.write_text(json.dumps(job))
+        env = {**os.environ, **{k: str(variant.threads) for k in THREAD_ENV}}
+        try:
+            done = subprocess.run([sys.executable, "-m", variant.runner, str(job_file)], capture_output=True,
+                                  text=True, timeout=self.timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"no result within {self.timeout:.0f} s"}
+        return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
+
+
+def _require_cuda() -> None:
+    try:
+        import torch
+    except ImportError:
+        raise EdgeCNNError("--device cuda needs PyTorch: pip install 'edgecnn[train]'") from None
+    if not torch.cuda.is_available():
+        raise EdgeCNNError("--device cuda: no CUDA GPU is visible to PyTorch on this machine "
+                           "(torch.cuda.is_available() is False); use --device local")
+
+
+# --- ssh -------------------------------------------------------------------------------------------------------
+
+# The modules the device needs, and nothing that imports torch or OpenCV: package __init__ files are
+# replaced by empty ones so importing edgecnn.runtime.backends does not pull in the classifier.
+BUNDLE_MODULES = ("__init__.py", "errors.py", "native.py", "runtime/backends.py", "runtime/modelfile.py",
+                  "bench/machine.py", "bench/runner.py")
+BUNDLE_MAIN = "import sys\n\nfrom edgecnn.bench.runner import main\n\nsys.exit(main())\n"
+
+
+def build_runner_bundle(path: Path) -> Path:
+    """A zipapp (`python3 runner.pyz JOB.json`) with the runner and the backends it needs."""
+    package = Path(__file__).resolve().parents[1]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for module in BUNDLE_MODULES:
+            z.write(package / module, f"edgecnn/{module}")
+        for sub in ("runtime", "bench"):
+            z.writestr(f"edgecnn/{sub}/__init__.py", "")
+        z.writestr("__main__.py", BUNDLE_MAIN)
+    return path
+
+
+class SSHTarget:
+    """A device reached with OpenSSH: the model, the inputs and the runner bundle are copied to a temporary
+    folder there, each job runs as `python3 runner.pyz JOB.json`, the folder is removed at the end.
+
+    Host keys are checked as the user's ssh does unless `insecure` is set; ssh never prompts (BatchMode)."""
+
+    device_kind = "ssh"
+
+    def __init__(self, url: str, python: str = "python3", key: Path | None = None, config: Path | None = None,
+                 insecure: bool = False, timeout: float = 900, connect_timeout: int = 10):
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname:
+            raise EdgeCNNError(f"--device {url}: expected ssh://[user@]host[:port]")
+        try:
+            port = parts.port
+        except ValueError:
+            raise EdgeCNNError(f"--device {url}: the port is not a number") from None
+        self.host = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
+        self.name = url
+        self.python, self.timeout = python, timeout
+        self.options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+                        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
+        if port:
+            self.options += ["-p", str(port)]
+        if key:
+            self.options += ["-i", str(key)]
+        if config:
+            self.options = ["-F", str(config), *self.options]
+        if insecure:
+            self.options += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                             "-o", "LogLevel=ERROR"]
+        self.remote_dir = ""
+        self._copied: dict[str, str] = {}
+        self._local: tempfile.TemporaryDirectory | None = None
+
+    def ssh(self, *command: str, stdin=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run `command` (each word quoted for the remote shell) on the device."""
+        remote = shlex.join(command)
+        try:
+            done = subprocess.run(["ssh", *self.options, self.host, remote], stdin=stdin, capture_output=True,
+                                  text=stdin is None, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeCNNError(f"{self.name}: no answer within {timeout or self.timeout:.0f} s") from None
+        except FileNotFoundError:
+            raise EdgeCNNError("the ssh client is not installed (apt-get install openssh-client)") from None
+        if done.returncode == 255:
+            err = done.stderr if isinstance(done.stderr, str) else done.stderr.decode(errors="replace")
+            raise EdgeCNNError(f"{self.name}: ssh failed: {(err.strip().splitlines() or ['no message'])[-1]}")
+        return done
+
+    def __enter__(self) -> SSHTarget:
+        done = self.ssh("mktemp", "-d", "/tmp/edgecnn-bench.XXXXXX", timeout=60)
+        if done.returncode != 0 or not done.stdout.strip():
+            raise EdgeCNNError(f"{self.name}: cannot create a working folder: {done.stderr.strip()[:200]}")
+        self.remote_dir = done.stdout.strip().splitlines()[-1]
+        self._local = tempfile.TemporaryDirectory(prefix="edgecnn-ssh-")
+        self.bundle = self.copy(build_runner_bundle(Path(self._local.name) / "runner.pyz"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.remote_dir:
+                self.ssh("rm", "-rf", self.remote_dir, timeout=60)
+        except EdgeCNNError:
+            pass  # the device went away: nothing more to clean
+        finally:
+            self._local.cleanup()
+
+    def copy(self, local: Path, name: str | None = None) -> str:
+        """Copy a file to the device's working folder once; returns its remote path."""
+        if str(local) in self._copied:
+            return self._copied[str(local)]
+        remote = f"{self.remote_dir}/{name or f'{len(self._copied)}-{local.name}'}"
+        with open(local, "rb") as f:
+            done = self.ssh("sh", "-c", 'cat > "$1"', "sh", remote, stdin=f)
+        if done.returncode != 0:
+            message = done.stderr.decode(errors="replace").strip()[:200]
+            raise EdgeCNNError(f"{self.name}: copying {local.name} failed: {message}")
+        self._copied[str(local)] = remote
+        return remote
+
+    def run(self, variant, job: dict) -> dict:
+        job = {**job, "model": self.copy(variant.model)}
+        if job.get("inputs"):
+            job["inputs"] = self.copy(Path(job["inputs"]))
+        job_file = Path(self._local.name) / "job.json"
+        job_file.write_text(json.dumps(job))
+        remote_job = self.copy(job_file, f"job-{len(self._copied)}.json")
+        self._copied.pop(str(job_file))  # the next job reuses the local name with new content
+        try:
+            done = self.ssh("env", *(f"{k}={variant.threads}" for k in THREAD_ENV), self.python, self.bundle,
+                            remote_job)
+        except EdgeCNNError as e:
+            return {"ok": False, "error": str(e)}
+        return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
+
+
+def make_target(device: str, *, python: str = "python3", key: Path | None = None, config: Path | None = None,
+                insecure: bool = False, benchmark_model: Path | None = None, cores: str | None = None,
+                timeout: float = 900):
+    """The target named by --device: local, cuda, ssh://[user@]host[:port] or adb[:SERIAL]."""
+    from edgecnn.errors import closest
+
+    if device in ("local", "cuda"):
+        return LocalTarget(device, timeout)
+    if device.startswith("ssh://"):
+        return SSHTarget(device, python, key, config, insecure, timeout)
+    if device == "adb" or device.startswith("adb:"):
+        from edgecnn.bench.adb import ADBTarget
+
+        return ADBTarget(device, benchmark_model, cores, timeout)
+    raise EdgeCNNError(f"unknown --device '{device}'{closest(device, ('local', 'cuda', 'adb'))}; use local, cuda, "
+                       "ssh://[user@]host[:port] or adb[:SERIAL]")
