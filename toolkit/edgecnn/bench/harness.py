@@ -114,11 +114,10 @@ def resolve_input_shape(model_file: ModelFile, batch: int, given: tuple[int, ...
     if [i for i in open_dims if i != 0]:
         raise EdgeCNNError(f"{model_file.path}: input '{model_file.inputs[0]['name']}' has dynamic dimensions "
                            f"{shape}: give --input-shape, e.g. --input-shape 1,3,224,224")
-    fixed = [int(d) for d in shape]
-    if not open_dims and fixed and fixed[0] != batch and model_file.format == "onnx":
-        raise EdgeCNNError(f"{model_file.path}: the model's batch is fixed at {fixed[0]}; --batch {batch} needs a "
+    if not open_dims and shape[0] != batch and model_file.format == "onnx":
+        raise EdgeCNNError(f"{model_file.path}: the model's batch is fixed at {shape[0]}; --batch {batch} needs a "
                            "model exported with a dynamic batch dimension")
-    return (batch, *fixed[1:])
+    return (batch, *(int(d) for d in shape[1:]))
 
 
 def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
