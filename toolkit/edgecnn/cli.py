@@ -273,8 +273,10 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure every variant this many times in turns (A B A B ...), each in a fresh process.")
 @click.option("--dataset", help="Held-out data for accuracy and agreement: digits, fashion-mnist, imagefolder:DIR ...")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path),
+              help="Folder of unlabelled photos for top-1 agreement only (instead of --dataset).")
 @click.option("--samples", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Held-out images used with --dataset.")
+              help="Held-out images used with --dataset / --images.")
 @click.option("--reference", type=click.Path(path_type=Path),
               help="Float model for top-1 agreement [default: the first checkpoint, else the first float model].")
 @click.option("--input-shape", help="Input shape for models with dynamic dimensions, e.g. 1,3,224,224.")
@@ -301,16 +303,16 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path))
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Latency-vs-accuracy PNG.")
-def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, samples, reference, input_shape,
-          profile, device, all_formats, export_dir, max_accuracy_drop, target, remote_python, ssh_key, ssh_config,
-          ssh_insecure, benchmark_model, cores, timeout, json_path, csv_path, md_path, plot_path) -> None:
+def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, images_dir, samples, reference,
+          input_shape, profile, device, all_formats, export_dir, max_accuracy_drop, target, remote_python, ssh_key,
+          ssh_config, ssh_insecure, benchmark_model, cores, timeout, json_path, csv_path, md_path, plot_path) -> None:
     """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
     from edgecnn.bench import BenchOptions, benchmark, make_target
     from edgecnn.bench.report import print_bench_table, write_outputs
 
     options = BenchOptions(_int_list(threads, "--threads"), runs, warmup, min_seconds, batch, rounds, dataset,
-                           samples, _int_list(input_shape, "--input-shape") if input_shape else None, profile,
-                           reference)
+                           images_dir, samples, _int_list(input_shape, "--input-shape") if input_shape else None,
+                           profile, reference)
     target_device = make_target(device, python=remote_python, key=ssh_key, config=ssh_config, insecure=ssh_insecure,
                                 benchmark_model=benchmark_model, cores=cores, timeout=timeout)
     models, failed_exports = list(models), []
@@ -323,15 +325,16 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, sa
         exported, failed_exports = export_all_formats(models[0], out, dataset, samples, max_accuracy_drop, target,
                                                       console)
         models += exported
-        options.dataset = options.dataset or _checkpoint_dataset(models[0])
+        options.dataset = options.dataset or (None if images_dir else _checkpoint_dataset(models[0]))
     rows, machine = benchmark(models, options, target_device, console)
     rows += failed_exports
     notes = []
-    if options.dataset and all(r.agreement is None for r in rows):
+    if (options.dataset or options.images) and all(r.agreement is None for r in rows):
         notes.append("agreement: no float reference among these models; give --reference FLOAT_MODEL")
     print_bench_table(console, rows, machine, notes)
     options_record = {"threads": list(options.threads), "runs": runs, "warmup": warmup, "min_seconds": min_seconds,
-                      "batch": batch, "rounds": rounds, "dataset": options.dataset, "samples": samples,
+                      "batch": batch, "rounds": rounds, "dataset": options.dataset,
+                      "images": str(images_dir) if images_dir else None, "samples": samples,
                       "device": device}
     for path in write_outputs(rows, machine, options_record, notes, json_path, csv_path, md_path, plot_path):
         console.print(f"wrote {path}")

@@ -33,8 +33,9 @@ class BenchOptions:
     min_seconds: float = 0.0
     batch: int = 1
     rounds: int = 1
-    dataset: str | None = None
-    samples: int = 500  # held-out images for accuracy/agreement
+    dataset: str | None = None  # labelled held-out data: accuracy and agreement
+    images: Path | None = None  # or a folder of unlabelled images (real photos): agreement only
+    samples: int = 500  # held-out images used
     input_shape: tuple[int, ...] | None = None
     profile: bool = False
     reference: Path | None = None
@@ -182,11 +183,12 @@ class HeldOut:
     """The held-out images every model is compared on (resized per model from the same originals)."""
 
     images: list[np.ndarray]
-    labels: np.ndarray
+    labels: np.ndarray | None
     description: str
 
 
 def held_out_images(dataset: str, limit: int) -> HeldOut:
+    """A seeded subset of the dataset's test split (the split the checkpoint never trained on)."""
     from edgecnn.data import load_dataset
 
     test = load_dataset(dataset).split("test")
@@ -195,6 +197,18 @@ def held_out_images(dataset: str, limit: int) -> HeldOut:
         order = np.sort(np.random.default_rng(0).choice(len(test), limit, replace=False))
     images = [test.image(int(i)) for i in order]
     return HeldOut(images, test.labels[order], f"{dataset} test split, {len(order)} images")
+
+
+def folder_held_out(folder: Path, limit: int) -> HeldOut:
+    """The first `limit` images under `folder` (sorted), unlabelled."""
+    from edgecnn.data import IMAGE_SUFFIXES, read_image
+
+    if not folder.is_dir():
+        raise EdgeCNNError(f"--images {folder}: not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not paths:
+        raise EdgeCNNError(f"--images {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return HeldOut([read_image(p) for p in paths], None, f"{len(paths)} images in {folder}")
 
 
 def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
@@ -269,14 +283,16 @@ def _reference_index(variants: list[Variant], options: BenchOptions) -> int | No
     return None
 
 
-def score(rows: list[BenchRow], outputs: dict[int, np.ndarray], labels: np.ndarray, reference: int | None) -> None:
+def score(rows: list[BenchRow], outputs: dict[int, np.ndarray], labels: np.ndarray | None,
+          reference: int | None) -> None:
     """Accuracy against the labels and top-1 agreement / max |difference| against the reference row."""
     ref = outputs.get(reference) if reference is not None else None
     for i, row in enumerate(rows):
         out = outputs.get(i)
         if out is None:
             continue
-        row.accuracy = float((out.argmax(1) == labels).mean()) if out.shape[1] > labels.max() else None
+        if labels is not None and out.shape[1] > labels.max():
+            row.accuracy = float((out.argmax(1) == labels).mean())
         if ref is not None and ref.shape == out.shape:
             row.agreement = float((out.argmax(1) == ref.argmax(1)).mean())
             row.max_abs_diff = float(np.abs(out - ref).max())
@@ -300,8 +316,11 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
     variants = variants_for(paths, options, target.device_kind)
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as folder:
         held_out = None
-        if options.dataset:
-            held_out = held_out_images(options.dataset, options.samples)
+        if options.dataset and options.images:
+            raise EdgeCNNError("give --dataset (labelled) or --images (unlabelled), not both")
+        if options.dataset or options.images:
+            held_out = (held_out_images(options.dataset, options.samples) if options.dataset
+                        else folder_held_out(options.images, options.samples))
             variants = [replace(v, inputs=prepare_inputs(v, held_out, Path(folder))) for v in variants]
         results: dict[int, list[dict]] = {i: [] for i in range(len(variants))}
         with target:

@@ -119,23 +119,30 @@ def write_plot(path: Path, rows: list[BenchRow], title: str) -> None:
         from edgecnn.errors import EdgeCNNError
 
         raise EdgeCNNError("--plot needs matplotlib: pip install matplotlib") from None
-    measured = [r for r in rows if r.median_ms is not None and r.accuracy is not None]
+    metric = "accuracy" if any(r.accuracy is not None for r in rows) else "agreement"
+    measured = [r for r in rows if r.median_ms is not None and getattr(r, metric) is not None]
     # Threads change latency, not accuracy: one point per model, at the smallest thread count measured.
     fewest = min((r.threads for r in measured), default=1)
     points = [r for r in measured if r.threads == fewest]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for k, r in enumerate(points):
-        ax.scatter(r.median_ms, 100 * r.accuracy, s=90 if r.fastest else 40, marker="*" if r.fastest else "o")
-        ax.annotate(f"{r.model} ({r.precision})", (r.median_ms, 100 * r.accuracy), textcoords="offset points",
+        y = 100 * getattr(r, metric)
+        ax.scatter(r.median_ms, y, s=90 if r.fastest else 40, marker="*" if r.fastest else "o")
+        ax.annotate(f"{r.model} ({r.precision})", (r.median_ms, y), textcoords="offset points",
                     xytext=(6, 10 - 12 * (k % 3)), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if points:
+        values = [100 * getattr(r, metric) for r in points]
+        ax.set_ylim(min(values) - 1, min(100.5, max(values) + 1))
     ax.set_xlabel(f"median latency per batch, {fewest} thread(s) (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if metric == "accuracy" else "top-1 agreement with the float model (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if not points:
-        ax.text(0.5, 0.5, "no row has both a latency and an accuracy (give --dataset)", ha="center",
+        ax.text(0.5, 0.5, "no row has both a latency and an accuracy (give --dataset or --images)", ha="center",
                 transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(path) as tmp:
