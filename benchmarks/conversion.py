@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "toolkit"))
 
 from edgecnn import __version__  # noqa: E402
+from edgecnn.data import read_labels  # noqa: E402
 from edgecnn.export import ExportOptions, export  # noqa: E402
-from edgecnn.export.sources import ExportSource, dataset_images, folder_images, read_labels, source_from_weights  # noqa: E402
+from edgecnn.export.sources import ExportSource, dataset_images, folder_images, source_from_weights  # noqa: E402
 from edgecnn.models import build_model  # noqa: E402
 from edgecnn.preprocess import Preprocess  # noqa: E402
 

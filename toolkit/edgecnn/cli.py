@@ -197,12 +197,12 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
                calib_images, dataset, eval_samples, target, max_accuracy_drop, no_fallback, allow_float_ops,
                out_dir, json_path) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
+    from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions, export, parse_formats
     from edgecnn.export.report import export_report, print_export_table
     from edgecnn.export.sources import (
         dataset_images,
         folder_images,
-        read_labels,
         source_from_checkpoint,
         source_from_weights,
         split_unlabelled,
@@ -348,6 +348,81 @@ def _checkpoint_dataset(path: Path) -> str | None:
     from edgecnn.checkpoint import load_checkpoint
 
     return load_checkpoint(path).dataset
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A .tflite/.onnx classifier.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--img-size", type=click.IntRange(min=8), help="Input size, for files without an edgecnn card.")
+@click.option("--mean", help="Normalisation mean r,g,b (0..1), for files without a card.")
+@click.option("--std", help="Normalisation std r,g,b, for files without a card.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Class names, one per line.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Classify every N-th frame.")
+@click.option("--max-fps", type=click.FloatRange(min=0, min_open=True), help="Classify at most this many frames/s.")
+@click.option("--roi", help="Classify only this region: x,y,w,h in pixels.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after classifying N frames.")
+@click.option("--alert", "alert_labels", help="Comma-separated labels that make an event.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Frames in a row a label must hold to make an event (and be absent to re-arm).")
+@click.option("--events", "events_path", type=click.Path(path_type=Path),
+              help="Append one JSON line per event here; snapshots go to <name>_snapshots/.")
+@click.option("--save", "save_path", type=click.Path(path_type=Path), help="Write the annotated video (.mp4, .avi).")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (when a display exists).")
+@click.option("--stats-json", type=click.Path(path_type=Path), help="Write the pipeline statistics at the end.")
+@click.option("--realtime", is_flag=True, help="Play a video file at its own frame rate, as a camera would deliver it.")
+@click.option("--give-up-after", type=click.FloatRange(min=0), help="Stop when a stream stays down this many seconds.")
+def watch(source, model_path, threads, img_size, mean, std, labels_file, every, max_fps, roi, max_frames,
+          alert_labels, threshold, min_frames, events_path, save_path, show, stats_json, realtime,
+          give_up_after) -> None:
+    """Classify a video file, camera index or rtsp://, http:// stream as it plays (torch-free)."""
+    import signal
+    import threading
+
+    import cv2
+
+    from edgecnn.data import read_labels
+    from edgecnn.runtime import load
+    from edgecnn.runtime.capture import FrameSource
+    from edgecnn.watch import WatchOptions, parse_roi, run_watch
+
+    labels = read_labels(labels_file) if labels_file else None
+    classifier = load(model_path, threads, img_size=img_size, mean=_floats(mean, "--mean"),
+                      std=_floats(std, "--std"), labels=labels)
+    alerts = tuple(a.strip() for a in alert_labels.split(",") if a.strip()) if alert_labels else ()
+    unknown = [a for a in alerts if a not in classifier.labels]
+    if unknown:
+        raise EdgeCNNError(f"--alert {','.join(unknown)}: not a label of {model_path} "
+                           f"(labels: {', '.join(classifier.labels[:20])})")
+    options = WatchOptions(every, max_fps, parse_roi(roi) if roi else None, max_frames, alerts, threshold,
+                           min_frames, events_path, save_path, show, stats_json, realtime, give_up_after)
+    # A reconnecting stream makes OpenCV and FFmpeg log every failed try; the status lines say what matters.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    frames = FrameSource(source, realtime=realtime, give_up_after=give_up_after)
+    summary = run_watch(frames, classifier, options, stop, report=console.print)
+    latency = summary["latency_ms"] or {"p50": float("nan"), "p90": float("nan")}
+    console.print(f"{summary['frames_classified']} frames classified of {summary['frames_captured']} captured "
+                  f"({summary['frames_dropped']} dropped, {summary['bad_frames']} bad, {summary['reconnects']} "
+                  f"reconnects); inference {summary['inference_fps']:.1f} fps, capture {summary['capture_fps']:.1f} "
+                  f"fps; latency p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms; {summary['events']} events")
+
+
+def _floats(text: str | None, option: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise EdgeCNNError(f"{option} {text}: expected three numbers r,g,b, e.g. 0.485,0.456,0.406")
+    return values
 
 
 @cli.command()

@@ -86,6 +86,16 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def read_labels(path: str | Path) -> list[str]:
+    try:
+        labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeCNNError(f"cannot read labels file {path}: {e}") from None
+    if not labels:
+        raise EdgeCNNError(f"labels file {path} is empty: one class name per line expected")
+    return labels
+
+
 def parse_dataset(spec: str) -> tuple[str, str | None]:
     """'fashion-mnist:/data/fm' → ('fashion-mnist', '/data/fm'); unknown names get a close-match hint."""
     name, _, path = spec.partition(":")

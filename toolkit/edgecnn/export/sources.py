@@ -56,16 +56,6 @@ def source_from_checkpoint(path: str | Path) -> ExportSource:
                         ckpt.recipe_hash, str(path))
 
 
-def read_labels(path: str | Path) -> list[str]:
-    try:
-        labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgeCNNError(f"cannot read labels file {path}: {e}") from None
-    if not labels:
-        raise EdgeCNNError(f"labels file {path} is empty: one class name per line expected")
-    return labels
-
-
 def source_from_weights(
     name: str, weights: str, labels: list[str] | None, img_size: int | None, width: float = 1.0
 ) -> ExportSource:

@@ -1,0 +1,280 @@
+"""`edgecnn watch`: classify a video file, camera or stream as it plays; alert on labels; save what it saw.
+
+The pieces, each small: `FrameSource` (capture thread, newest frame, reconnects) feeds `watch()`, which runs the
+classifier on each frame it takes (optionally every N-th, at most F per second, inside a region of interest),
+passes the prediction to `AlertTracker` (debounced events), `EventLog` (one JSON line per event, each flushed to
+disk whole, with a snapshot JPEG), the annotated `--save` video and `PipelineStats`. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgecnn.atomic import write_bytes, write_json
+from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.capture import FrameSource
+from edgecnn.runtime.classifier import Classifier, Prediction
+
+STATS_EVERY_S = 2.0
+
+
+@dataclass
+class WatchOptions:
+    every: int = 1  # classify every N-th captured frame
+    max_fps: float | None = None
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in frame pixels
+    max_frames: int | None = None  # stop after classifying this many frames
+    alert_labels: tuple[str, ...] = ()
+    threshold: float = 0.5
+    min_frames: int = 3  # consecutive frames a label must hold before it is an event
+    events: Path | None = None
+    save: Path | None = None
+    show: bool = False
+    stats_json: Path | None = None
+    realtime: bool = False
+    give_up_after: float | None = None
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise EdgeCNNError(f"--roi {text}: expected x,y,w,h in pixels, e.g. 100,50,320,240") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise EdgeCNNError(f"--roi {text}: x and y must be ≥ 0, width and height > 0")
+    return x, y, w, h
+
+
+def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    height, width = image.shape[:2]
+    if x >= width or y >= height:
+        raise EdgeCNNError(f"--roi {x},{y},{w},{h} lies outside the {width}×{height} frame")
+    return image[y : min(y + h, height), x : min(x + w, width)]
+
+
+class AlertTracker:
+    """A label becomes an event once it is the top-1 with score ≥ threshold for `min_frames` classified frames
+    in a row; it fires again only after it has been absent for `min_frames` frames (debounce)."""
+
+    def __init__(self, labels: tuple[str, ...], threshold: float, min_frames: int):
+        self.labels, self.threshold, self.min_frames = set(labels), threshold, min_frames
+        self.streak: dict[str, int] = {}
+        self.absent: dict[str, int] = {}
+        self.active: set[str] = set()
+
+    def update(self, prediction: Prediction) -> str | None:
+        hit = prediction.label if prediction.label in self.labels and prediction.score >= self.threshold else None
+        fired = None
+        for label in self.labels:
+            if label == hit:
+                self.streak[label] = self.streak.get(label, 0) + 1
+                self.absent[label] = 0
+                if self.streak[label] >= self.min_frames and label not in self.active:
+                    self.active.add(label)
+                    fired = label
+            else:
+                self.streak[label] = 0
+                self.absent[label] = self.absent.get(label, 0) + 1
+                if self.absent[label] >= self.min_frames:
+                    self.active.discard(label)
+        return fired
+
+
+class EventLog:
+    """Events as JSON lines: each line is written in one call and fsynced, so after a crash or power loss a line
+    is whole or absent; its snapshot JPEG is on disk (written atomically) before the line that names it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.snapshots = path.with_name(path.stem + "_snapshots")
+        try:
+            self.snapshots.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise EdgeCNNError(f"cannot write events to {path}: {e.strerror or e}") from None
+        self.count = 0
+
+    def write(self, event: dict, image: np.ndarray) -> None:
+        stamp = datetime.fromisoformat(event["time"]).strftime("%Y%m%dT%H%M%S%f")[:-3]
+        snapshot = self.snapshots / f"{stamp}_{event['frame']:06d}_{_safe(event['label'])}.jpg"
+        ok, jpeg = cv2.imencode(".jpg", image)
+        if ok:
+            write_bytes(snapshot, jpeg.tobytes())
+        line = json.dumps({**event, "snapshot": str(snapshot) if ok else None}) + "\n"
+        os.write(self._fd, line.encode())
+        os.fsync(self._fd)
+        self.count += 1
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:40]
+
+
+@dataclass
+class PipelineStats:
+    processed: int = 0
+    bad_frames: int = 0  # frames the classifier could not take (shape, dtype): skipped and counted
+    skipped: int = 0  # left out on purpose by --every / --max-fps
+    latencies_ms: list[float] = field(default_factory=list)  # capture → result
+    started: float = field(default_factory=time.monotonic)
+    first_result: float = 0.0
+    last_result: float = 0.0
+
+    @property
+    def inference_fps(self) -> float:
+        span = self.last_result - self.first_result
+        return (self.processed - 1) / span if self.processed > 1 and span > 0 else 0.0
+
+    def summary(self, source: FrameSource, events: int) -> dict:
+        lat = np.asarray(self.latencies_ms[-10_000:]) if self.latencies_ms else None
+        return {
+            "source": source.source, "frames_captured": source.stats.captured, "frames_classified": self.processed,
+            "frames_dropped": source.stats.dropped, "frames_skipped": self.skipped, "bad_frames": self.bad_frames,
+            "reconnects": source.stats.reconnects, "capture_fps": round(source.stats.fps, 2),
+            "inference_fps": round(self.inference_fps, 2),
+            "latency_ms": None if lat is None else {"p50": float(np.percentile(lat, 50)),
+                                                    "p90": float(np.percentile(lat, 90))},
+            "events": events, "seconds": round(time.monotonic() - self.started, 2),
+        }
+
+
+def annotate(image: np.ndarray, prediction: Prediction | None, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if roi is not None:
+        x, y, w, h = roi
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 255), 2)
+    if prediction is not None:
+        text = f"{prediction.label} {prediction.score:.2f}"
+        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+class VideoOutput:
+    """The annotated video, written under a temporary name (same suffix: OpenCV picks the container by it) and
+    renamed into place when finished: an interrupted run leaves no half-written file under the final name."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps = path, fps if 1 <= fps <= 240 else 25.0
+        self._tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            h, w = image.shape[:2]
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EdgeCNNError(f"--save {self.path}: cannot create its folder: {e.strerror or e}") from None
+            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise EdgeCNNError(f"--save {self.path}: OpenCV cannot write this video (use .mp4 or .avi, and a "
+                                   "writable folder)")
+        self._writer.write(image)
+
+    def close(self) -> None:
+        """Finish the file and give it its name (nothing is written when no frame came)."""
+        if self._writer is None:
+            return
+        self._writer.release()
+        os.replace(self._tmp, self.path)
+
+
+def _display_available() -> bool:
+    gui = getattr(cv2, "currentUIFramework", lambda: "")()
+    return bool(gui) and bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run_watch(source: FrameSource, classifier: Classifier, options: WatchOptions, stop: threading.Event,
+          report=None) -> dict:
+    """Run the pipeline until the source ends, `max_frames` are classified or `stop` is set; returns the stats.
+    `report(line)` receives a status line every few seconds."""
+    tracker = AlertTracker(options.alert_labels, options.threshold, options.min_frames)
+    events = EventLog(options.events) if options.events else None
+    stats = PipelineStats()
+    show = options.show and _display_available()
+    if options.show and not show and report:
+        report("--show: no display (or an OpenCV build without GUI): not showing frames")
+    video: VideoOutput | None = None
+    last_status = time.monotonic()
+    min_gap = 1.0 / options.max_fps if options.max_fps else 0.0
+    last_classified = 0.0
+    try:
+        with source:
+            if options.save:
+                video = VideoOutput(options.save, source.fps)
+            while not stop.is_set():
+                try:
+                    frame = source.next(timeout=0.5)
+                except TimeoutError:
+                    continue
+                if frame is None:
+                    break
+                now = time.monotonic()
+                if frame.index % options.every or now - last_classified < min_gap:
+                    stats.skipped += 1
+                    if video:
+                        video.write(annotate(frame.image, None, options.roi))
+                    continue
+                last_classified = now
+                try:
+                    prediction = classifier.predict(crop(frame.image, options.roi))
+                except EdgeCNNError:
+                    if options.roi and stats.processed == 0 and stats.bad_frames == 0:
+                        raise  # an ROI outside the frame is the user's mistake, not a bad frame
+                    stats.bad_frames += 1
+                    continue
+                done = time.monotonic()
+                stats.processed += 1
+                stats.first_result = stats.first_result or done
+                stats.last_result = done
+                stats.latencies_ms.append((done - frame.captured) * 1000)
+                fired = tracker.update(prediction)
+                if fired and events:
+                    events.write({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                                  "label": fired, "score": round(prediction.score, 4), "frame": frame.index,
+                                  "source": source.source}, frame.image)
+                if video or show:
+                    annotated = annotate(frame.image, prediction, options.roi)
+                    if video:
+                        video.write(annotated)
+                    if show:
+                        cv2.imshow("edgecnn watch", annotated)
+                        if cv2.waitKey(1) & 0xFF == ord("q"):
+                            stop.set()
+                if report and done - last_status >= STATS_EVERY_S:
+                    last_status = done
+                    s = stats.summary(source, events.count if events else 0)
+                    report(f"{prediction.label} {prediction.score:.2f} | capture {s['capture_fps']:.1f} fps, "
+                           f"inference {s['inference_fps']:.1f} fps, dropped {s['frames_dropped']}, "
+                           f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
+                if options.max_frames and stats.processed >= options.max_frames:
+                    break
+    finally:
+        if events:
+            events.close()
+        if video:
+            video.close()
+        if show:
+            cv2.destroyAllWindows()
+    summary = stats.summary(source, events.count if events else 0)
+    if options.stats_json:
+        write_json(options.stats_json, summary)
+    if source.error:
+        raise EdgeCNNError(source.error)
+    return summary
