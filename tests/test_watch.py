@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ROOT, assert_clean_error, edgecnn
+from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
 from edgecnn.runtime.classifier import Prediction
 from edgecnn.watch import AlertTracker
@@ -148,3 +149,12 @@ def test_bad_watch_input(digits_int8, tmp_path):
     assert_clean_error(edgecnn("watch", video, *model, "--alert", "cat"), "not a label")
     (tmp_path / "a_file").write_text("")
     assert_clean_error(edgecnn("watch", video, *model, "--save", tmp_path / "a_file/out.mp4"), "--save")
+
+
+def test_classifier_refuses_frames_it_cannot_take(digits_int8):
+    classifier = load(digits_int8["tflite"])
+    for frame in (np.zeros((10, 10, 2), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros(30, np.uint8)):
+        with pytest.raises(EdgeCNNError, match="expected an H×W×3 or H×W uint8 image"):
+            classifier.predict(frame)
+    grey, bgra = np.full((60, 80), 200, np.uint8), np.full((60, 80, 4), 200, np.uint8)
+    assert classifier.predict(grey).label == classifier.predict(bgra).label  # the same picture either way

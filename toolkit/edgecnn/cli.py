@@ -308,7 +308,10 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, im
           ssh_config, ssh_insecure, benchmark_model, cores, timeout, json_path, csv_path, md_path, plot_path) -> None:
     """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
     from edgecnn.bench import BenchOptions, benchmark, make_target
-    from edgecnn.bench.report import print_bench_table, write_outputs
+    from edgecnn.bench.report import print_bench_table, require_matplotlib, write_outputs
+
+    if plot_path:
+        require_matplotlib()  # before minutes of measuring, not after
 
     options = BenchOptions(_int_list(threads, "--threads"), runs, warmup, min_seconds, batch, rounds, dataset,
                            images_dir, samples, _int_list(input_shape, "--input-shape") if input_shape else None,
@@ -385,7 +388,6 @@ def watch(source, model_path, threads, img_size, mean, std, labels_file, every, 
 
     from edgecnn.data import read_labels
     from edgecnn.runtime import load
-    from edgecnn.runtime.capture import FrameSource
     from edgecnn.watch import WatchOptions, parse_roi, run_watch
 
     labels = read_labels(labels_file) if labels_file else None
@@ -404,8 +406,7 @@ def watch(source, model_path, threads, img_size, mean, std, labels_file, every, 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    frames = FrameSource(source, realtime=realtime, give_up_after=give_up_after)
-    summary = run_watch(frames, classifier, options, stop, report=console.print)
+    summary = run_watch(source, classifier, options, stop, report=console.print)
     latency = summary["latency_ms"] or {"p50": float("nan"), "p90": float("nan")}
     console.print(f"{summary['frames_classified']} frames classified of {summary['frames_captured']} captured "
                   f"({summary['frames_dropped']} dropped, {summary['bad_frames']} bad, {summary['reconnects']} "

@@ -200,10 +200,13 @@ def _display_available() -> bool:
     return bool(gui) and bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_watch(source: FrameSource, classifier: Classifier, options: WatchOptions, stop: threading.Event,
-          report=None) -> dict:
-    """Run the pipeline until the source ends, `max_frames` are classified or `stop` is set; returns the stats.
-    `report(line)` receives a status line every few seconds."""
+def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, stop: threading.Event,
+              report=None) -> dict:
+    """Run the pipeline on a file path, camera index or stream URL until the source ends, `max_frames` are
+    classified or `stop` is set; returns the stats. `report(line)` receives a status line every few seconds."""
+    # Cropping, resizing and the lookup table run on the capture thread, overlapping inference.
+    source = FrameSource(source_spec, realtime=options.realtime, give_up_after=options.give_up_after,
+                         prepare=lambda image: classifier.prepare(crop(image, options.roi)))
     tracker = AlertTracker(options.alert_labels, options.threshold, options.min_frames)
     events = EventLog(options.events) if options.events else None
     stats = PipelineStats()
@@ -232,13 +235,12 @@ def run_watch(source: FrameSource, classifier: Classifier, options: WatchOptions
                         video.write(annotate(frame.image, None, options.roi))
                     continue
                 last_classified = now
-                try:
-                    prediction = classifier.predict(crop(frame.image, options.roi))
-                except EdgeCNNError:
+                if frame.error is not None:
                     if options.roi and stats.processed == 0 and stats.bad_frames == 0:
-                        raise  # an ROI outside the frame is the user's mistake, not a bad frame
+                        raise EdgeCNNError(frame.error)  # an ROI outside the frame: the user's mistake
                     stats.bad_frames += 1
                     continue
+                prediction = classifier.predict_prepared(frame.prepared)
                 done = time.monotonic()
                 stats.processed += 1
                 stats.first_result = stats.first_result or done

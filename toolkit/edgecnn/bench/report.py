@@ -13,6 +13,7 @@ from rich.table import Table
 
 from edgecnn.atomic import atomic_path, write_bytes, write_json
 from edgecnn.bench.harness import BenchRow
+from edgecnn.errors import EdgeCNNError
 
 COLUMNS = ("model", "format", "prec.", "backend", "thr", "batch", "status", "size", "median ms", "p90 ms", "p99 ms",
            "img/s", "load ms", "1st ms", "RSS MB", "MACs", "accuracy", "agree")
@@ -107,18 +108,21 @@ def write_markdown(path: Path, rows: list[BenchRow], machine: dict) -> None:
     write_bytes(path, markdown_table(rows, machine).encode())
 
 
+def require_matplotlib() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise EdgeCNNError("--plot needs matplotlib: pip install 'edgecnn[bench]'")
+
+
 def write_plot(path: Path, rows: list[BenchRow], title: str) -> None:
     """Latency (log scale) against accuracy, one point per measured row with an accuracy."""
-    try:
-        import matplotlib
+    require_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        from edgecnn.errors import EdgeCNNError
-
-        raise EdgeCNNError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     metric = "accuracy" if any(r.accuracy is not None for r in rows) else "agreement"
     measured = [r for r in rows if r.median_ms is not None and getattr(r, metric) is not None]
     # Threads change latency, not accuracy: one point per model, at the smallest thread count measured.

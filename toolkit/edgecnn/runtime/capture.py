@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,6 +40,8 @@ class Frame:
     image: np.ndarray
     index: int  # position among the frames captured from the source (counting dropped ones)
     captured: float  # time.monotonic() when it was read
+    prepared: Any = None  # what `prepare(image)` returned on the capture thread
+    error: str | None = None  # why `prepare` refused this frame
 
 
 def source_kind(source: str) -> str:
@@ -82,8 +86,10 @@ class CaptureStats:
 
 class FrameSource:
     def __init__(self, source: str, *, realtime: bool = False, reconnect: bool | None = None,
-                 give_up_after: float | None = None):
+                 give_up_after: float | None = None, prepare: Callable[[np.ndarray], Any] | None = None):
         self.source, self.kind = source, source_kind(source)
+        # Work done on the capture thread, overlapping inference (the classifier's resize + lookup table).
+        self.prepare = prepare
         if self.kind == "file" and not Path(source).is_file():
             raise EdgeCNNError(f"video file not found: {source}")
         self.live = self.kind != "file" or realtime
@@ -163,7 +169,7 @@ class FrameSource:
                 now = time.monotonic()
                 self.stats.captured += 1
                 self.stats.last_frame = now
-                self._hand_over(Frame(image, index, now))
+                self._hand_over(self._frame(image, index, now))
                 index += 1
                 if period:
                     next_due = max(next_due + period, now - period)
@@ -174,6 +180,15 @@ class FrameSource:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _frame(self, image: np.ndarray, index: int, captured: float) -> Frame:
+        frame = Frame(image, index, captured)
+        if self.prepare is not None:
+            try:
+                frame.prepared = self.prepare(image)
+            except EdgeCNNError as e:
+                frame.error = str(e)
+        return frame
 
     def _reopen(self) -> cv2.VideoCapture | None:
         """Reopen a dropped stream, waiting 0.5, 1, 2 ... 8 s between tries; None when stopped or given up."""

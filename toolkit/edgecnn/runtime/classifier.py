@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError
@@ -36,6 +37,12 @@ def input_lut(pre: Preprocess, spec: TensorSpec) -> np.ndarray:
     return table.astype(spec.dtype)
 
 
+def opencv_lut(table: np.ndarray) -> np.ndarray:
+    """The (3, 256) table as cv2.LUT takes it: 256×1×3, int8 viewed as uint8 (cv2.LUT maps bytes to bytes)."""
+    lut = np.ascontiguousarray(table.T.reshape(256, 1, 3))
+    return lut.view(np.uint8) if lut.dtype == np.int8 else lut
+
+
 def _layout_from_shape(shape: tuple[int, ...]) -> str:
     if len(shape) != 4:
         raise EdgeCNNError(f"model input has shape {shape}: an image classifier takes a 4-D image tensor")
@@ -51,15 +58,13 @@ class InputPipeline:
 
     def __init__(self, pre: Preprocess, spec: TensorSpec):
         self.pre, self.spec, self.layout = pre, spec, pre.layout
-        self._lut = input_lut(pre, spec)
-        self._channels = np.arange(3)
+        self._lut = opencv_lut(input_lut(pre, spec))
 
     def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         """One H×W×3 (or H×W) uint8 frame → one input sample."""
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
             raise EdgeCNNError(f"expected an H×W×3 or H×W uint8 image, got {frame.dtype} array of shape {frame.shape}")
-        image = resize_image(frame, self.pre, color=color)
-        x = self._lut[self._channels, image]
+        x = cv2.LUT(resize_image(frame, self.pre, color=color), self._lut).view(self.spec.dtype)
         return np.ascontiguousarray(x.transpose(2, 0, 1)) if self.layout == "NCHW" else x
 
 
@@ -79,7 +84,7 @@ class Classifier:
 
     def logits(self, samples: np.ndarray) -> np.ndarray:
         """Prepared samples (N, ...) → float logits (N, classes), dequantized where the output is int8."""
-        if self.batch_fixed:
+        if self.batch_fixed and len(samples) > 1:
             raw = np.concatenate([self.backend.run(samples[i : i + 1]) for i in range(len(samples))])
         else:
             raw = self.backend.run(samples)
@@ -94,12 +99,18 @@ class Classifier:
         return [self._prediction(row, k) for row in logits]
 
     def predict(self, frame: np.ndarray, color: str = "BGR", k: int = 5) -> Prediction:
-        return self.predict_batch([frame], color, k)[0]
+        return self.predict_prepared(self.prepare(frame, color), k)
+
+    def predict_prepared(self, sample: np.ndarray, k: int = 5) -> Prediction:
+        """Classify one sample from `prepare` (which may run elsewhere, e.g. on a capture thread)."""
+        return self._prediction(self.logits(sample[None])[0], k)
 
     def _prediction(self, logits: np.ndarray, k: int) -> Prediction:
         e = np.exp(logits - logits.max())
         probs = e / e.sum()
-        order = np.argsort(-probs)[:k]
+        k = min(k, len(probs))
+        top = np.argpartition(-probs, k - 1)[:k]
+        order = top[np.argsort(-probs[top])]
         best = int(order[0])
         topk = [(self.labels[i], float(probs[i])) for i in order]
         return Prediction(best, self.labels[best], float(probs[best]), topk)
