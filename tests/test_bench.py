@@ -73,7 +73,7 @@ def test_all_formats_table_plot_and_markdown(digits_checkpoint, tmp_path):
                         "--csv", tmp_path / "t.csv", path=tmp_path / "r.json")
     rows = report["results"]
     kinds = sorted((r["format"], r["precision"]) for r in rows)
-    assert kinds == [("onnx", "float32"), ("onnx", "int8"), ("pytorch", "fp32"), ("tflite", "float32"),
+    assert kinds == [("onnx", "float32"), ("onnx", "int8"), ("pytorch", "float32"), ("tflite", "float32"),
                      ("tflite", "int8")]
     assert all(r["status"] == "ok" and r["accuracy"] > 0.85 and r["agreement"] >= 0.95 for r in rows)
     assert sum(r["fastest"] for r in rows) == 1
@@ -148,6 +148,8 @@ def test_bad_bench_input(digits_int8, digits_checkpoint, tmp_path):
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "adb", "--benchmark-model",
                                digits_int8["tflite"]), "adb is not installed")
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--all-formats"), "one edgecnn checkpoint")
+    assert_clean_error(edgecnn("bench", digits_checkpoint, "--all-formats", "--device", "ssh://pi@localhost"),
+                       "--device local")
 
 
 def _has_cuda() -> bool:
@@ -166,7 +168,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(digits_checkpoint):
 @pytest.mark.skipif(not _has_cuda(), reason="no CUDA GPU on this machine: GPU reference runs are not testable here")
 def test_cuda_reference_rows(digits_checkpoint, tmp_path):
     rows = bench_json(digits_checkpoint, "--device", "cuda", "--runs", "20", path=tmp_path / "r.json")["results"]
-    assert {(r["precision"], r["batch"]) for r in rows} == {("fp32", 1), ("fp16", 1), ("fp32", 256), ("fp16", 256)}
+    assert {(r["precision"], r["batch"]) for r in rows} == {(p, b) for p in ("float32", "float16") for b in (1, 256)}
     assert all(r["status"] == "ok" for r in rows)
     assert {r["backend"] for r in rows if r["batch"] == 1} == {"torch-cuda-graph"}
 

@@ -158,3 +158,16 @@ def test_classifier_refuses_frames_it_cannot_take(digits_int8):
             classifier.predict(frame)
     grey, bgra = np.full((60, 80), 200, np.uint8), np.full((60, 80, 4), 200, np.uint8)
     assert classifier.predict(grey).label == classifier.predict(bgra).label  # the same picture either way
+
+
+def test_integer_inputs_need_quantization_or_raw_pixels():
+    from edgecnn.preprocess import Preprocess
+    from edgecnn.runtime.backends import TensorSpec
+    from edgecnn.runtime.classifier import input_lut
+
+    raw = input_lut(Preprocess(8, mean=(0, 0, 0), std=(1, 1, 1)), TensorSpec("x", (1, 8, 8, 3), np.dtype(np.uint8)))
+    assert (raw == np.arange(256)).all()  # a uint8 model without scales takes the pixels as they are
+    quantized = input_lut(Preprocess(8), TensorSpec("x", (1, 8, 8, 3), np.dtype(np.int8), 0.02, -3))
+    assert quantized.dtype == np.int8 and quantized[0, 0] == np.clip(round(-0.485 / 0.229 / 0.02) - 3, -128, 127)
+    with pytest.raises(EdgeCNNError, match="without quantization parameters"):
+        input_lut(Preprocess(8), TensorSpec("x", (1, 8, 8, 3), np.dtype(np.int8)))

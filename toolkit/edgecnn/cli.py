@@ -324,6 +324,9 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, im
 
         if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
             raise EdgeCNNError("--all-formats takes one edgecnn checkpoint (.pt)")
+        if device != "local":
+            raise EdgeCNNError("--all-formats measures PyTorch, ONNX and TFLite on this machine (--device local); "
+                               "bench the exported files on other devices")
         out = export_dir or models[0].parent / "bench-export"
         exported, failed_exports = export_all_formats(models[0], out, dataset, samples, max_accuracy_drop, target,
                                                       console)

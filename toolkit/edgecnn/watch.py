@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,11 +111,14 @@ class EventLog:
         stamp = datetime.fromisoformat(event["time"]).strftime("%Y%m%dT%H%M%S%f")[:-3]
         snapshot = self.snapshots / f"{stamp}_{event['frame']:06d}_{_safe(event['label'])}.jpg"
         ok, jpeg = cv2.imencode(".jpg", image)
-        if ok:
-            write_bytes(snapshot, jpeg.tobytes())
         line = json.dumps({**event, "snapshot": str(snapshot) if ok else None}) + "\n"
-        os.write(self._fd, line.encode())
-        os.fsync(self._fd)
+        try:
+            if ok:
+                write_bytes(snapshot, jpeg.tobytes())
+            os.write(self._fd, line.encode())
+            os.fsync(self._fd)
+        except OSError as e:  # a full SD card: stop with the events written so far intact
+            raise EdgeCNNError(f"cannot write event to {self.path}: {e.strerror or e}") from None
         self.count += 1
 
     def close(self) -> None:
@@ -130,7 +134,7 @@ class PipelineStats:
     processed: int = 0
     bad_frames: int = 0  # frames the classifier could not take (shape, dtype): skipped and counted
     skipped: int = 0  # left out on purpose by --every / --max-fps
-    latencies_ms: list[float] = field(default_factory=list)  # capture → result
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # capture → result, recent
     started: float = field(default_factory=time.monotonic)
     first_result: float = 0.0
     last_result: float = 0.0
@@ -141,7 +145,7 @@ class PipelineStats:
         return (self.processed - 1) / span if self.processed > 1 and span > 0 else 0.0
 
     def summary(self, source: FrameSource, events: int) -> dict:
-        lat = np.asarray(self.latencies_ms[-10_000:]) if self.latencies_ms else None
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
         return {
             "source": source.source, "frames_captured": source.stats.captured, "frames_classified": self.processed,
             "frames_dropped": source.stats.dropped, "frames_skipped": self.skipped, "bad_frames": self.bad_frames,
@@ -181,18 +185,23 @@ class VideoOutput:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise EdgeCNNError(f"--save {self.path}: cannot create its folder: {e.strerror or e}") from None
-            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self._writer.isOpened():
+            writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not writer.isOpened():
+                writer.release()
                 raise EdgeCNNError(f"--save {self.path}: OpenCV cannot write this video (use .mp4 or .avi, and a "
                                    "writable folder)")
+            self._writer = writer
         self._writer.write(image)
 
-    def close(self) -> None:
-        """Finish the file and give it its name (nothing is written when no frame came)."""
+    def close(self, keep: bool = True) -> None:
+        """Finish the file and give it its name; with `keep` False (the run failed) remove it instead."""
         if self._writer is None:
             return
         self._writer.release()
-        os.replace(self._tmp, self.path)
+        if keep:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
 
 def _display_available() -> bool:
@@ -217,6 +226,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
     last_status = time.monotonic()
     min_gap = 1.0 / options.max_fps if options.max_fps else 0.0
     last_classified = 0.0
+    failed = True
     try:
         with source:
             if options.save:
@@ -267,11 +277,12 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                            f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
                 if options.max_frames and stats.processed >= options.max_frames:
                     break
+        failed = False
     finally:
         if events:
             events.close()
         if video:
-            video.close()
+            video.close(keep=not failed)
         if show:
             cv2.destroyAllWindows()
     summary = stats.summary(source, events.count if events else 0)

@@ -106,13 +106,14 @@ class ADBTarget:
         self.adb("shell", "mkdir", "-p", DEVICE_DIR)
         self.adb("push", str(self.benchmark_model), f"{DEVICE_DIR}/benchmark_model")
         self.adb("shell", "chmod", "755", f"{DEVICE_DIR}/benchmark_model")
+        self.machine = self._machine()
         return self
 
     def __exit__(self, *exc) -> None:
         with contextlib.suppress(EdgeCNNError):
             self.adb("shell", "rm", "-rf", DEVICE_DIR)
 
-    def machine(self) -> dict:
+    def _machine(self) -> dict:
         info = cpu_description(self.adb("shell", "cat", "/proc/cpuinfo"))
         info["board"] = self.adb("shell", "getprop", "ro.product.model").strip()
         return info
@@ -121,7 +122,6 @@ class ADBTarget:
         if variant.format != "tflite":
             return {"ok": False, "error": "the adb target runs .tflite files (TensorFlow Lite's benchmark_model)"}
         remote = f"{DEVICE_DIR}/{variant.model.name}"
-        self.adb("push", str(variant.model), remote)
         command = [f"{DEVICE_DIR}/benchmark_model", f"--graph={remote}", f"--num_threads={variant.threads}",
                    f"--num_runs={job['runs']}", f"--warmup_runs={job['warmup']}",
                    f"--min_secs={job['min_seconds']}", "--report_peak_memory_footprint=true"]
@@ -129,9 +129,10 @@ class ADBTarget:
             command.append("--enable_op_profiling=true")
         if self.cores:
             command = ["taskset", self.cores, *command]
-        try:
+        try:  # one failed push or run is a failed row, not a lost table
+            self.adb("push", str(variant.model), remote)
             result = parse_benchmark_model(self.adb("shell", shlex.join(command)))
         except EdgeCNNError as e:
             return {"ok": False, "error": str(e)}
-        result["machine"] = self.machine()
+        result["machine"] = self.machine
         return result

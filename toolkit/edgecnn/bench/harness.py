@@ -47,7 +47,7 @@ class Variant:
 
     model: Path
     format: str  # tflite | onnx | pytorch
-    precision: str  # int8 | float32 | fp16 | mixed
+    precision: str  # int8 | float32 | float16 | mixed (int8 with float ops left)
     threads: int
     input_shape: tuple[int, ...]
     name: str = ""
@@ -123,6 +123,8 @@ def resolve_input_shape(model_file: ModelFile, batch: int, given: tuple[int, ...
 
 def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
     t = model_file.inputs[0]
+    if t["dtype"] not in ("float32", "float16", "uint8", "int8"):
+        raise EdgeCNNError(f"{model_file.path}: input '{t['name']}' is {t['dtype']}, not an image tensor")
     return TensorSpec(t["name"], shape, np.dtype(t["dtype"]), t.get("scale", 0.0), t.get("zero_point", 0))
 
 
@@ -145,8 +147,8 @@ def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[
         batches = sorted({1, options.batch if options.batch > 1 else GPU_THROUGHPUT_BATCH})
         return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), path.name, "edgecnn.bench.torch_runner",
                         {"device": "cuda", "channels_last": True}, macs=macs)
-                for precision in ("fp32", "fp16") for b in batches]
-    return [Variant(path, "pytorch", "fp32", t, (options.batch, 3, size, size), path.name,
+                for precision in ("float32", "float16") for b in batches]
+    return [Variant(path, "pytorch", "float32", t, (options.batch, 3, size, size), path.name,
                     "edgecnn.bench.torch_runner", {"device": "cpu", "channels_last": False}, macs=macs)
             for t in options.threads]
 
@@ -278,7 +280,7 @@ def _reference_index(variants: list[Variant], options: BenchOptions) -> int | No
         return matches[0] if matches else None
     for wanted in ("pytorch", None):
         for i, v in enumerate(variants):
-            if (v.format == wanted) if wanted else v.precision in ("float32", "fp32"):
+            if (v.format == wanted) if wanted else v.precision == "float32":
                 return i
     return None
 
@@ -311,7 +313,7 @@ def mark_fastest(rows: list[BenchRow]) -> None:
 
 def benchmark(paths: list[Path], options: BenchOptions, target, console=None) -> tuple[list[BenchRow], dict]:
     """Measure every model at every thread count on `target`; returns (rows, the target machine's info)."""
-    if options.reference is not None and options.reference not in paths:
+    if options.reference is not None and options.reference.resolve() not in {p.resolve() for p in paths}:
         paths = [*paths, options.reference]
     variants = variants_for(paths, options, target.device_kind)
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as folder:

@@ -68,8 +68,8 @@ def print_bench_table(console: Console, rows: list[BenchRow], machine: dict, not
     for r in rows:
         table.add_row(*row_cells(r))
     console.print(table)
-    console.print("latency per batch (ms), median of the timed runs; ★ fastest at its thread count; size in bytes; "
-                  "agree: same top-1 as the float reference")
+    console.print("latency per batch (ms), median of the timed runs; ★ fastest at its thread count; size: K/M "
+                  "bytes; agree: same top-1 as the float reference")
     for note in dict.fromkeys(r.note for r in rows if r.note):
         console.print(note)
     for r in rows:

@@ -147,7 +147,7 @@ def summarise_onnx_profile(events: list[dict], top: int) -> list[dict]:
 
 
 def execute(job: dict) -> dict:
-    """Run one measurement job (see `edgecnn.bench.harness.Job`) and return its result."""
+    """Run one measurement job (built by `edgecnn.bench.harness.job_for`) and return its result."""
     from edgecnn.runtime.backends import load_backend
 
     shape = tuple(job["input_shape"])

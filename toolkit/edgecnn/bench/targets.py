@@ -152,7 +152,11 @@ class SSHTarget:
             raise EdgeCNNError(f"{self.name}: cannot create a working folder: {done.stderr.strip()[:200]}")
         self.remote_dir = done.stdout.strip().splitlines()[-1]
         self._local = tempfile.TemporaryDirectory(prefix="edgecnn-ssh-")
-        self.bundle = self.copy(build_runner_bundle(Path(self._local.name) / "runner.pyz"))
+        try:
+            self.bundle = self.copy(build_runner_bundle(Path(self._local.name) / "runner.pyz"))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -185,9 +189,9 @@ class SSHTarget:
         job_file.write_text(json.dumps(job))
         remote_job = self.copy(job_file, f"job-{len(self._copied)}.json")
         self._copied.pop(str(job_file))  # the next job reuses the local name with new content
-        try:
-            done = self.ssh("env", *(f"{k}={variant.threads}" for k in THREAD_ENV), self.python, self.bundle,
-                            remote_job)
+        try:  # `timeout` on the device too: killing the local ssh client would leave the runner running there
+            done = self.ssh("timeout", str(int(self.timeout)), "env", *(f"{k}={variant.threads}" for k in THREAD_ENV),
+                            self.python, self.bundle, remote_job, timeout=self.timeout + 30)
         except EdgeCNNError as e:
             return {"ok": False, "error": str(e)}
         return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)

@@ -104,7 +104,6 @@ class FrameSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fps = 0.0
-        self.size = (0, 0)
 
     def __enter__(self) -> FrameSource:
         self.start()
@@ -120,7 +119,6 @@ class FrameSource:
             raise EdgeCNNError(f"cannot open {what} {self.source}" + (
                 " (is the server up and the URL right?)" if self.kind == "stream" else ""))
         self.fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        self.size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.stats.started = self.stats.last_frame = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(capture,), name="edgecnn-capture", daemon=True)
         self._thread.start()
@@ -174,6 +172,8 @@ class FrameSource:
                 if period:
                     next_due = max(next_due + period, now - period)
                     self._stop.wait(max(0.0, next_due - time.monotonic()))
+        except Exception as e:  # the consumer must hear of it: a silent end would look like the end of the video
+            self.error = f"capture of {self.source} failed: {type(e).__name__}: {e}"
         finally:
             if capture is not None:
                 capture.release()
@@ -186,8 +186,8 @@ class FrameSource:
         if self.prepare is not None:
             try:
                 frame.prepared = self.prepare(image)
-            except EdgeCNNError as e:
-                frame.error = str(e)
+            except Exception as e:  # one frame the model cannot take: counted by the consumer, not fatal
+                frame.error = str(e) if isinstance(e, EdgeCNNError) else f"{type(e).__name__}: {e}"
         return frame
 
     def _reopen(self) -> cv2.VideoCapture | None:

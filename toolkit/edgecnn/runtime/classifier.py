@@ -29,6 +29,11 @@ class Prediction:
 
 def input_lut(pre: Preprocess, spec: TensorSpec) -> np.ndarray:
     """(3, 256) table: uint8 pixel value of channel c → the model's input value (normalised, maybe quantized)."""
+    if np.issubdtype(spec.dtype, np.integer) and not spec.quantized:
+        if spec.dtype != np.uint8 or any(pre.mean) or any(s != 1 for s in pre.std):
+            raise EdgeCNNError(f"model input is {spec.dtype.name} without quantization parameters: only raw uint8 "
+                               "pixels (no mean/std) can be fed to it")
+        return np.tile(np.arange(256, dtype=np.uint8), (3, 1))  # raw pixels, as such models expect
     values = np.arange(256, dtype=np.float64) / 255.0
     table = (values[None, :] - np.asarray(pre.mean)[:, None]) / np.asarray(pre.std)[:, None]
     if spec.quantized:
@@ -38,7 +43,7 @@ def input_lut(pre: Preprocess, spec: TensorSpec) -> np.ndarray:
 
 
 def opencv_lut(table: np.ndarray) -> np.ndarray:
-    """The (3, 256) table as cv2.LUT takes it: 256×1×3, int8 viewed as uint8 (cv2.LUT maps bytes to bytes)."""
+    """The (3, 256) table as cv2.LUT takes it: 256×1×3 (int8 viewed as uint8, which every OpenCV build takes)."""
     lut = np.ascontiguousarray(table.T.reshape(256, 1, 3))
     return lut.view(np.uint8) if lut.dtype == np.int8 else lut
 
