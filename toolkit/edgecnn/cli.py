@@ -77,11 +77,18 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--freeze", type=click.Choice(["none", "backbone"]), default="none", show_default=True,
+              help="Train only the head (with --weights), until --unfreeze-at.")
+@click.option("--unfreeze-at", type=click.IntRange(min=1), help="Epoch (0-based) from which backbone blocks train.")
+@click.option("--unfreeze-blocks", type=click.IntRange(min=0), default=0, show_default=True,
+              help="How many top backbone blocks --unfreeze-at unfreezes (0 = all).")
+@click.option("--backbone-lr", type=click.FloatRange(min=0, min_open=True), help="Backbone learning rate [--lr].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the training history as JSON.")
 def train_cmd(model_name, dataset, out_dir, epochs, img_size, batch_size, lr, optimizer, width, weights, augment,
-              warmup_epochs, label_smoothing, workers, seed, device, resume, json_path) -> None:
+              warmup_epochs, label_smoothing, workers, seed, device, resume, freeze, unfreeze_at, unfreeze_blocks,
+              backbone_lr, json_path) -> None:
     """Train a model on a dataset; writes OUT/best.pt and OUT/last.pt and prints a per-epoch table."""
-    from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, validate
+    from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, UnfreezeConfig, validate
     from edgecnn.train import train
 
     recipe = validate(
@@ -92,7 +99,9 @@ def train_cmd(model_name, dataset, out_dir, epochs, img_size, batch_size, lr, op
                             augment=[a for a in augment.split(",") if a]),
             model=ModelConfig(name=model_name, width=width, weights=weights),
             train=TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr or (0.1 if optimizer == "sgd" else 1e-3),
-                              warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, device=device),
+                              warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, device=device,
+                              freeze=freeze, backbone_lr=backbone_lr,
+                              unfreeze=UnfreezeConfig(unfreeze_at, unfreeze_blocks) if unfreeze_at else None),
         )
     )
     result = train(recipe, out_dir, resume=resume, console=console)
@@ -427,6 +436,27 @@ def _floats(text: str | None, option: str) -> tuple[float, float, float] | None:
     if len(values) != 3:
         raise EdgeCNNError(f"{option} {text}: expected three numbers r,g,b, e.g. 0.485,0.456,0.406")
     return values
+
+
+@cli.command()
+@click.argument("target", metavar="MODEL_OR_FILE")
+@click.option("--img-size", type=click.IntRange(min=1), help="Input size [default: the checkpoint's, else 224].")
+@click.option("--num-classes", type=click.IntRange(min=2),
+              help="Classes of the head [default: 1000, or the checkpoint's].")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
+def summary(target: str, img_size: int | None, num_classes: int | None, width: float, json_path: Path | None) -> None:
+    """Layer-by-layer table of a registry model, checkpoint or .tflite/.onnx file: shapes, parameters, MACs."""
+    from edgecnn.runtime.layers import file_layers, print_summary, summary_report
+
+    if target.lower().endswith((".tflite", ".onnx")):  # torch-free
+        rows, title = file_layers(target), f"{Path(target).name} (shapes and op types from the file)"
+    else:
+        from edgecnn.summary import summarise
+
+        rows, title = summarise(target, img_size, num_classes, width)
+    print_summary(console, rows, title)
+    _write_json(json_path, summary_report(rows, title))
 
 
 @cli.command()

@@ -42,6 +42,12 @@ class ModelConfig:
 
 
 @dataclass
+class UnfreezeConfig:
+    at_epoch: int = 1  # 0-based epoch from which ...
+    blocks: int = 0  # ... the top N backbone blocks train too; 0 = all of them
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -54,6 +60,10 @@ class TrainConfig:
     bn_recalibration_batches: int = 20
     device: str = "auto"
     amp: bool = True
+    # Transfer learning (edgecnn.transfer): a frozen backbone first, then its upper blocks.
+    freeze: Literal["none", "backbone"] = "none"
+    unfreeze: UnfreezeConfig | None = None
+    backbone_lr: float | None = None  # learning rate of the backbone; None: train.lr (the head always uses lr)
 
 
 @dataclass
@@ -185,6 +195,16 @@ def validate(recipe: Recipe) -> Recipe:
     for key, value in positive.items():
         if value <= 0:
             raise EdgeCNNError(f"{key} must be positive, got {value}")
+    t = recipe.train
+    if t.unfreeze is not None and t.freeze != "backbone":
+        raise EdgeCNNError("train.unfreeze: needs train.freeze: backbone (nothing is frozen to unfreeze)")
+    if t.unfreeze is not None and not 0 < t.unfreeze.at_epoch < t.epochs:
+        raise EdgeCNNError(f"train.unfreeze.at_epoch must be between 1 and train.epochs - 1 ({t.epochs - 1}), "
+                           f"got {t.unfreeze.at_epoch}")
+    if t.unfreeze is not None and t.unfreeze.blocks < 0:
+        raise EdgeCNNError(f"train.unfreeze.blocks must be ≥ 0 (0 = all), got {t.unfreeze.blocks}")
+    if t.backbone_lr is not None and t.backbone_lr <= 0:
+        raise EdgeCNNError(f"train.backbone_lr must be positive, got {t.backbone_lr}")
     if recipe.data.img_size < 8:
         raise EdgeCNNError(f"data.img_size must be at least 8, got {recipe.data.img_size}")
     for key in ("workers",):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,14 @@ from edgecnn.models import build_model, load_pretrained
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes
 from edgecnn.recipe import Recipe
+from edgecnn.transfer import (
+    apply_freeze,
+    backbone_blocks,
+    frozen_blocks,
+    head_parameters,
+    keep_frozen_batchnorm,
+    pretraining_warning,
+)
 
 
 @dataclass
@@ -88,11 +97,17 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD or AdamW; each parameter group's `lr_scale` multiplies the scheduled rate (backbone_lr / lr for the
+    backbone when fine-tuning)."""
     cfg = recipe.train
-    # No weight decay on BatchNorm and bias parameters: it only shrinks them towards zero.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    head = head_parameters(model, recipe.model.name)
+    backbone_scale = (cfg.backbone_lr or cfg.lr) / cfg.lr
+    groups = []
+    for in_head, scale in ((True, 1.0), (False, backbone_scale)):
+        params = [p for p in model.parameters() if (id(p) in head) == in_head]
+        # No weight decay on BatchNorm and bias parameters: it only shrinks them towards zero.
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -110,8 +125,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     show_progress: bool,
     description: str,
+    frozen: Sequence[nn.Module] = (),
 ) -> dict[str, float]:
     model.train()
+    keep_frozen_batchnorm(frozen)
     total_loss, correct, seen = 0.0, 0, 0
     step = first_step
     batches = track(loader, description=description, transient=True, disable=not show_progress)
@@ -121,7 +138,7 @@ def train_one_epoch(
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
-            group["lr"] = schedule(step)
+            group["lr"] = schedule(step) * group.get("lr_scale", 1.0)
         with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
             logits = model(x)
             loss = criterion(logits, labels)
@@ -168,14 +185,17 @@ def evaluate(
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, loader: torch.utils.data.DataLoader, pre: Preprocess, device: torch.device, batches: int
+    model: nn.Module, loader: torch.utils.data.DataLoader, pre: Preprocess, device: torch.device, batches: int,
+    frozen: Sequence[nn.Module] = (),
 ) -> None:
     """Re-estimate BatchNorm running statistics as a plain average over `batches` training batches.
 
     With a small BN momentum (torchvision's MobileNetV3 uses 0.01) the running statistics of a short training
-    lag far behind the weights, and eval-mode accuracy collapses to chance.
+    lag far behind the weights, and eval-mode accuracy collapses to chance. BatchNorm layers in `frozen`
+    blocks keep their (pretrained) statistics: the head was trained on features computed with them.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = {id(m) for block in frozen for m in block.modules()}
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in kept]
     if not norms or batches <= 0:
         return
     momenta = [m.momentum for m in norms]
@@ -183,6 +203,7 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
+    keep_frozen_batchnorm(frozen)
     for i, (images, _) in enumerate(loader):
         if i >= batches:
             break
@@ -239,6 +260,12 @@ def train(
         note = load_pretrained(model, recipe.model.name, recipe.model.weights)
         if ddp.is_main:
             console.print(note)
+            warning = pretraining_warning(recipe)
+            if warning:
+                console.print(warning)
+    if cfg.freeze != "none" and ddp.world_size > 1:
+        raise EdgeCNNError("train.freeze with several processes (torchrun) is not supported; train in one process")
+    blocks = backbone_blocks(model, recipe.model.name)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -294,12 +321,18 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
         set_epoch(train_loader, epoch, recipe.seed)
+        frozen_names = frozen_blocks(recipe, epoch, blocks)
+        frozen = apply_freeze(blocks, frozen_names)
+        if cfg.freeze != "none" and ddp.is_main and epoch in (start_epoch, cfg.unfreeze and cfg.unfreeze.at_epoch):
+            trainable = [n for n, _ in blocks if n not in frozen_names]
+            console.print(f"epoch {epoch + 1}: backbone blocks frozen: {len(frozen_names)} of {len(blocks)}; "
+                          f"training the head" + (f" and {', '.join(trainable)}" if trainable else " only"))
         fit = train_one_epoch(
             trained, train_loader, criterion, optimizer, pre, device, schedule, epoch * steps_per_epoch,
-            scaler, show, f"epoch {epoch + 1}/{cfg.epochs}",
+            scaler, show, f"epoch {epoch + 1}/{cfg.epochs}", frozen,
         )
         if ddp.is_main:
-            recalibrate_batchnorm(model, train_loader, pre, device, cfg.bn_recalibration_batches)
+            recalibrate_batchnorm(model, train_loader, pre, device, cfg.bn_recalibration_batches, frozen)
             metrics = evaluate(model, test_loader, pre, device)
             row = {
                 "epoch": epoch + 1, "lr": schedule((epoch + 1) * steps_per_epoch - 1), "train_loss": fit["loss"],

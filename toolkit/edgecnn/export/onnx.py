@@ -43,6 +43,39 @@ def _global_average_pools(model) -> None:
         node.CopyFrom(replacement)
 
 
+def _hard_activations(model) -> None:
+    """HardSigmoid(x) → Clip(x·alpha + beta, 0, 1) and HardSwish(x) → x · Clip(x/6 + 1/2, 0, 1): onnxruntime has no
+    int8 kernel for either and would run them in float between Dequantize/Quantize (MobileNetV3 has 19 of them);
+    Mul, Add and Clip it runs in int8."""
+    from onnx import helper, numpy_helper
+
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in ("HardSigmoid", "HardSwish"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        hard_sigmoid = node.op_type == "HardSigmoid"
+        alpha, beta = (attrs.get("alpha", 0.2), attrs.get("beta", 0.5)) if hard_sigmoid else (1 / 6, 0.5)
+        stem = node.name or node.output[0]
+        name = {k: f"{stem}_{k}" for k in ("alpha", "beta", "zero", "one", "scaled", "shifted", "gate")}
+        for key, value in (("alpha", alpha), ("beta", beta), ("zero", 0.0), ("one", 1.0)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name[key]))
+        gate = list(node.output) if hard_sigmoid else [name["gate"]]
+        replacement = [
+            helper.make_node("Mul", [node.input[0], name["alpha"]], [name["scaled"]], name=name["scaled"]),
+            helper.make_node("Add", [name["scaled"], name["beta"]], [name["shifted"]], name=name["shifted"]),
+            helper.make_node("Clip", [name["shifted"], name["zero"], name["one"]], gate, name=f"{stem}_clip"),
+        ]
+        if not hard_sigmoid:
+            replacement.append(helper.make_node("Mul", [node.input[0], name["gate"]], list(node.output), name=stem))
+        for new in replacement:  # keep the PyTorch module path the exporter recorded (layer names in reports)
+            new.metadata_props.extend(node.metadata_props)
+        nodes += replacement
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def quantizable_nodes(path: Path) -> dict[str, str]:
     """Nodes onnxruntime would quantize, the candidates to keep in float: node name → PyTorch module path.
 
@@ -82,6 +115,7 @@ def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
         raise EdgeCNNError(f"torch.onnx.export could not export the model: {first_line(e)}") from None
     proto = program.model_proto
     _global_average_pools(proto)
+    _hard_activations(proto)
     onnx.save(proto, path)
 
 

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from edgecnn.errors import EdgeCNNError, closest
+from edgecnn.models.convnext_edge import convnext_edge
 from edgecnn.models.mobilenet_v3_edge import mobilenet_v3_large_edge, mobilenet_v3_small_edge
 from edgecnn.models.resnet8 import resnet8
 from edgecnn.models.tinycnn import tinycnn
@@ -42,6 +43,10 @@ MODELS: dict[str, ModelSpec] = {
     "mobilenet_v3_small_edge": ModelSpec(mobilenet_v3_small_edge, "classifier.3", True, "mobilenet_v3_small"),
     "mobilenet_v3_large_edge": ModelSpec(mobilenet_v3_large_edge, "classifier.3", True, "mobilenet_v3_large"),
     "resnet18": ModelSpec(_tv("resnet18"), "fc", False, "resnet18"),
+    "resnet34": ModelSpec(_tv("resnet34"), "fc", False, "resnet34"),
+    "resnet50": ModelSpec(_tv("resnet50"), "fc", False, "resnet50"),
+    "convnext_tiny": ModelSpec(_tv("convnext_tiny"), "classifier.2", False, "convnext_tiny"),
+    "convnext_edge": ModelSpec(convnext_edge, "classifier.2", True),
     "shufflenet_v2_x0_5": ModelSpec(_tv("shufflenet_v2_x0_5"), "fc", False, "shufflenet_v2_x0_5"),
     "efficientnet_b0": ModelSpec(_tv("efficientnet_b0"), "classifier.1", False, "efficientnet_b0"),
 }

@@ -30,6 +30,12 @@ DATA_MOVEMENT = {
     "Pad", "Cast", "Constant",
 }
 QUANT_BOUNDARY = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear"}
+# ONNX ops onnxruntime computes in int8 when they sit between DequantizeLinear and QuantizeLinear (its
+# QLinearOpsRegistry). Any other op there — LayerNormalization, HardSigmoid, Erf (GELU), Div — runs in float.
+ONNX_INT8_KERNELS = {
+    "Add", "ArgMax", "AveragePool", "Clip", "Concat", "Conv", "Gemm", "GlobalAveragePool", "LeakyRelu", "MatMul",
+    "MaxPool", "Mul", "Relu", "Resize", "Sigmoid", "Softmax", "Where",
+}
 
 
 @dataclass
@@ -215,6 +221,8 @@ def _read_onnx(path: Path, data: bytes) -> ModelFile:
             if source is not None and source.op_type == "Constant":
                 continue
             if source is not None and source.op_type == "DequantizeLinear":
+                if node.op_type not in ONNX_INT8_KERNELS:
+                    return "float32"  # dequantized, computed in float, quantized again
                 zp = source.input[2] if len(source.input) > 2 else ""
                 return _ONNX_DTYPES.get(types.get(zp, 3), "int8")
             return _ONNX_DTYPES.get(types.get(name, 0), "unknown")
