@@ -1,4 +1,5 @@
-"""Which registry models export to fully-int8 .tflite and .onnx: `python benchmarks/int8_status.py` (~10 min).
+"""Which registry models export to fully-int8 .tflite and .onnx: `python benchmarks/int8_status.py [MODEL...]`
+(~15 min for all; named models are re-measured and merged into the results).
 
 Each model is built with random weights (what is int8 depends on the layers, not the weights), 10 classes, at
 32 px (64 px for the ImageNet-sized backbones, whose stems would otherwise leave 1×1 maps early), calibrated on
@@ -39,9 +40,11 @@ def status(artefact) -> str:
 
 
 def main() -> None:
-    results = {}
+    path = ROOT / "benchmarks/results/int8_status.json"
+    wanted = sys.argv[1:] or list(MODELS)
+    results = json.loads(path.read_text()) if sys.argv[1:] and path.exists() else {}
     with tempfile.TemporaryDirectory() as folder:
-        for name in MODELS:
+        for name in wanted:
             size = 64 if name in LARGE else 32
             pre = Preprocess(size, mean=(0.304,) * 3, std=(0.376,) * 3)
             source = ExportSource(build_model(name, 10).eval(), pre, [str(i) for i in range(10)], name)
@@ -52,7 +55,8 @@ def main() -> None:
             results[name] = {a.format: status(a) for a in artefacts} | {"img_size": size,
                                                                       "seconds": round(time.perf_counter() - started)}
             print(name, results[name], flush=True)
-    (ROOT / "benchmarks/results/int8_status.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = {name: results[name] for name in MODELS if name in results}
+    path.write_text(json.dumps(results, indent=2) + "\n")
     print("| model | TFLite int8 | ONNX int8 |\n|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['tflite']} | {r['onnx']} |")

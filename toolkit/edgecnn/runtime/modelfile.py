@@ -26,8 +26,9 @@ FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 # Ops that only move or re-label data: their dtype says nothing about where arithmetic happens.
 DATA_MOVEMENT = {
     "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD", "PADV2", "CONCATENATION", "GATHER", "SLICE", "STRIDED_SLICE",
+    "SPLIT", "SPLIT_V", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Shape", "Gather", "Concat", "Slice",
-    "Pad", "Cast", "Constant",
+    "Pad", "Cast", "Constant", "Split", "Expand", "DepthToSpace", "SpaceToDepth",
 }
 QUANT_BOUNDARY = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear"}
 # ONNX ops onnxruntime computes in int8 when they sit between DequantizeLinear and QuantizeLinear (its
