@@ -116,6 +116,19 @@ def test_recipe_fine_tunes_frozen_then_unfrozen(tmp_path):
     assert result.best_top1 > 0.8
 
 
+def test_pretraining_size_is_the_default_and_contradictions_are_named():
+    from edgecnn.recipe import DataConfig, ModelConfig, Recipe, input_size
+    from edgecnn.transfer import pretraining_warning
+
+    pretrained = Recipe(model=ModelConfig("mobilenet_v2", weights="w.pth"))
+    assert input_size(pretrained) == 224 and pretraining_warning(pretrained) is None
+    assert input_size(Recipe()) == 32  # no weights: the small default
+    small = Recipe(data=DataConfig(img_size=96, mean=[0.5, 0.5, 0.5]),
+                   model=ModelConfig("mobilenet_v2", weights="w.pth"))
+    warning = pretraining_warning(small)
+    assert "pretrained at 224×224" in warning and "trains at 96×96" in warning and "mean [0.5, 0.5, 0.5]" in warning
+
+
 def test_bad_transfer_settings(tmp_path):
     (tmp_path / "r.yaml").write_text("train: {unfreeze: {at_epoch: 1}}\n")
     assert_clean_error(edgecnn("run", tmp_path / "r.yaml"), "train.unfreeze", "freeze: backbone")

@@ -64,7 +64,8 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @click.option("--dataset", required=True, help="digits, fashion-mnist[:DIR], cifar10[:DIR] or imagefolder:DIR.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Writes best.pt, last.pt.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--img-size", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--img-size", type=click.IntRange(min=8),
+              help="[default: 224 with --weights (their pretraining size), else 32]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[default: 0.1 for sgd, 1e-3 for adamw]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)

@@ -24,7 +24,7 @@ from edgecnn.errors import EdgeCNNError, closest
 @dataclass
 class DataConfig:
     dataset: str = "digits"
-    img_size: int = 32
+    img_size: int | None = None  # None: the pretraining's size with model.weights (224), else DEFAULT_IMG_SIZE
     batch_size: int = 32
     augment: list[str] = field(default_factory=list)
     workers: int = 0
@@ -180,13 +180,25 @@ def load_section(cls: type, data: Any, where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()})
 
 
+DEFAULT_IMG_SIZE = 32
+PRETRAINED_IMG_SIZE = 224  # torchvision's ImageNet weights
+
+
+def input_size(recipe: Recipe) -> int:
+    """The training (and so export and runtime) input size: data.img_size, else what the weights were
+    pretrained at, else 32."""
+    if recipe.data.img_size is not None:
+        return recipe.data.img_size
+    return PRETRAINED_IMG_SIZE if recipe.model.weights else DEFAULT_IMG_SIZE
+
+
 def validate(recipe: Recipe) -> Recipe:
     """Checks beyond types: ranges, names and files. Raises EdgeCNNError naming the key."""
     from edgecnn.data import AUGMENTATIONS, parse_dataset
     from edgecnn.models import model_spec
 
     positive = {
-        "data.img_size": recipe.data.img_size,
+        "data.img_size": input_size(recipe),
         "data.batch_size": recipe.data.batch_size,
         "train.epochs": recipe.train.epochs,
         "train.lr": recipe.train.lr,
@@ -205,8 +217,8 @@ def validate(recipe: Recipe) -> Recipe:
         raise EdgeCNNError(f"train.unfreeze.blocks must be ≥ 0 (0 = all), got {t.unfreeze.blocks}")
     if t.backbone_lr is not None and t.backbone_lr <= 0:
         raise EdgeCNNError(f"train.backbone_lr must be positive, got {t.backbone_lr}")
-    if recipe.data.img_size < 8:
-        raise EdgeCNNError(f"data.img_size must be at least 8, got {recipe.data.img_size}")
+    if input_size(recipe) < 8:
+        raise EdgeCNNError(f"data.img_size must be at least 8, got {input_size(recipe)}")
     for key in ("workers",):
         if getattr(recipe.data, key) < 0:
             raise EdgeCNNError(f"data.{key} must be >= 0")

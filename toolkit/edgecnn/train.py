@@ -26,7 +26,7 @@ from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.models import build_model, load_pretrained
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes
-from edgecnn.recipe import Recipe
+from edgecnn.recipe import Recipe, input_size
 from edgecnn.transfer import (
     apply_freeze,
     backbone_blocks,
@@ -81,7 +81,7 @@ def preprocess_for(recipe: Recipe) -> Preprocess:
     """The input contract of the model: size, normalisation, crop. Pretrained weights imply ImageNet's."""
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if recipe.model.weights else default_normalisation(recipe.data.dataset)
     return Preprocess(
-        img_size=recipe.data.img_size,
+        img_size=input_size(recipe),
         mean=tuple(recipe.data.mean or mean),
         std=tuple(recipe.data.std or std),
         crop=recipe.data.crop,

@@ -15,9 +15,7 @@ from torch import nn
 
 from edgecnn.models import model_spec
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from edgecnn.recipe import Recipe
-
-PRETRAINING_SIZE = 224  # torchvision's ImageNet weights
+from edgecnn.recipe import PRETRAINED_IMG_SIZE, Recipe, input_size
 
 
 def backbone_blocks(model: nn.Module, name: str) -> list[tuple[str, list[nn.Module]]]:
@@ -73,14 +71,15 @@ def pretraining_warning(recipe: Recipe) -> str | None:
     """What the recipe contradicts in the pretraining of its weights (size, normalisation), or None."""
     if not recipe.model.weights:
         return None
-    data, problems = recipe.data, []
-    if data.img_size != PRETRAINING_SIZE:
-        problems.append(f"trains at {data.img_size}×{data.img_size}")
+    data, problems, size = recipe.data, [], input_size(recipe)
+    if size != PRETRAINED_IMG_SIZE:
+        problems.append(f"trains at {size}×{size}")
     if data.mean is not None and tuple(data.mean) != IMAGENET_MEAN or data.std is not None and tuple(
             data.std) != IMAGENET_STD:
         problems.append(f"normalises with mean {data.mean} std {data.std}")
     if not problems:
         return None
-    return (f"warning: {recipe.model.weights} was pretrained at {PRETRAINING_SIZE}×{PRETRAINING_SIZE} with ImageNet "
+    size = PRETRAINED_IMG_SIZE
+    return (f"warning: {recipe.model.weights} was pretrained at {size}×{size} with ImageNet "
             f"mean {list(IMAGENET_MEAN)} / std {list(IMAGENET_STD)}; this recipe {' and '.join(problems)} "
             "(the checkpoint, its exports and the runtime will use the recipe's values)")
