@@ -1,3 +1,4 @@
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         [sys.executable, "-m", "edgecnn", *map(str, args)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (for the sshd and RTSP servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_clean_error(result, *fragments: str) -> None:

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, assert_clean_error, edgecnn
+from conftest import ROOT, assert_clean_error, edgecnn, free_port
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
 from edgecnn.runtime.classifier import Prediction
@@ -29,12 +28,6 @@ DIGITS = ",".join(str(i) for i in range(10))
 def _gst_rtsp_available() -> bool:
     check = "import gi; gi.require_version('GstRtspServer', '1.0')"
     return Path("/usr/bin/python3").exists() and subprocess.run(["/usr/bin/python3", "-c", check]).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_rtsp(video: Path, port: int) -> subprocess.Popen:
@@ -93,7 +86,7 @@ def test_alert_tracker_debounces():
 @pytest.mark.skipif(not _gst_rtsp_available(), reason="GStreamer RTSP server missing (apt-get install python3-gi "
                     "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
 def test_rtsp_stream_survives_a_server_restart_and_sigterm_loses_nothing(digits_int8, tmp_path):
-    port = _free_port()
+    port = free_port()
     server = _start_rtsp(VIDEOS / "bikes.mp4", port)
     events = tmp_path / "events.jsonl"
     watch = subprocess.Popen(
@@ -136,7 +129,7 @@ def _not_a_classifier(path: Path) -> Path:
 def test_bad_watch_input(digits_int8, tmp_path):
     model = ("--model", digits_int8["tflite"])
     assert_clean_error(edgecnn("watch", tmp_path / "missing.mp4", *model), "video file not found")
-    assert_clean_error(edgecnn("watch", f"rtsp://127.0.0.1:{_free_port()}/s", *model, timeout=60),
+    assert_clean_error(edgecnn("watch", f"rtsp://127.0.0.1:{free_port()}/s", *model, timeout=60),
                        "cannot open stream")
     assert_clean_error(edgecnn("watch", "99", *model), "cannot open camera 99")
     (tmp_path / "not_a_video.mp4").write_bytes(os.urandom(4096))

@@ -96,6 +96,23 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+def image_files(folder: Path, what: str) -> list[Path]:
+    """Every image file under `folder`, recursively, sorted; `what` names the folder in errors."""
+    if not folder.is_dir():
+        raise EdgeCNNError(f"{what} {folder}: not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise EdgeCNNError(f"{what} {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def sample_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """A seeded random subset of range(n) of size `limit` (all of it when limit is None or ≥ n), sorted."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def parse_dataset(spec: str) -> tuple[str, str | None]:
     """'fashion-mnist:/data/fm' → ('fashion-mnist', '/data/fm'); unknown names get a close-match hint."""
     name, _, path = spec.partition(":")

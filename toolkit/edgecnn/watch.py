@@ -213,9 +213,13 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
               report=None) -> dict:
     """Run the pipeline on a file path, camera index or stream URL until the source ends, `max_frames` are
     classified or `stop` is set; returns the stats. `report(line)` receives a status line every few seconds."""
-    # Cropping, resizing and the lookup table run on the capture thread, overlapping inference.
+    # Cropping, resizing and the lookup table run on the capture thread, overlapping inference; frames that
+    # --every leaves out are not prepared at all.
+    def prepare(image: np.ndarray, index: int):
+        return None if index % options.every else classifier.prepare(crop(image, options.roi))
+
     source = FrameSource(source_spec, realtime=options.realtime, give_up_after=options.give_up_after,
-                         prepare=lambda image: classifier.prepare(crop(image, options.roi)))
+                         prepare=prepare)
     tracker = AlertTracker(options.alert_labels, options.threshold, options.min_frames)
     events = EventLog(options.events) if options.events else None
     stats = PipelineStats()

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecnn.bench.runner import LatencyStats, decode_array
 from edgecnn.errors import EdgeCNNError
+from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import TensorSpec
 from edgecnn.runtime.modelfile import FORMATS, ModelFile, read_model_file
 
@@ -55,6 +56,8 @@ class Variant:
     torch: dict = field(default_factory=dict)  # device, channels_last for the PyTorch runner
     inputs: Path | None = None  # prepared held-out samples (.npy)
     macs: int | None = None
+    size_bytes: int | None = None  # the file; for a checkpoint its weights' bytes (comparable to a float file)
+    pre: Preprocess | None = None  # a checkpoint's preprocessing (files carry theirs)
 
 
 @dataclass
@@ -132,8 +135,8 @@ def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     model_file = read_model_file(path)  # refuses truncated/foreign files before any runtime sees them
     shape = resolve_input_shape(model_file, options.batch, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs")
-    return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs)
-            for t in options.threads]
+    return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
+                    size_bytes=path.stat().st_size) for t in options.threads]
 
 
 def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[Variant]:
@@ -142,15 +145,15 @@ def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[
 
     ckpt = load_checkpoint(path)
     size = ckpt.preprocess.img_size
-    macs = complexity(ckpt.build(), size).macs
+    common = {"name": path.name, "runner": "edgecnn.bench.torch_runner", "pre": ckpt.preprocess,
+              "macs": complexity(ckpt.build(), size).macs,
+              "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values())}
     if device == "cuda":
         batches = sorted({1, options.batch if options.batch > 1 else GPU_THROUGHPUT_BATCH})
-        return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), path.name, "edgecnn.bench.torch_runner",
-                        {"device": "cuda", "channels_last": True}, macs=macs)
-                for precision in ("float32", "float16") for b in batches]
-    return [Variant(path, "pytorch", "float32", t, (options.batch, 3, size, size), path.name,
-                    "edgecnn.bench.torch_runner", {"device": "cpu", "channels_last": False}, macs=macs)
-            for t in options.threads]
+        return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), torch={"device": "cuda",
+                        "channels_last": True}, **common) for precision in ("float32", "float16") for b in batches]
+    return [Variant(path, "pytorch", "float32", t, (options.batch, 3, size, size),
+                    torch={"device": "cpu", "channels_last": False}, **common) for t in options.threads]
 
 
 def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[Variant]:
@@ -171,15 +174,6 @@ def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[
     return variants
 
 
-def _size_bytes(variant: Variant) -> int:
-    if variant.format != "pytorch":
-        return variant.model.stat().st_size
-    from edgecnn.checkpoint import load_checkpoint
-
-    state = load_checkpoint(variant.model).state_dict
-    return sum(t.numel() * t.element_size() for t in state.values())
-
-
 @dataclass
 class HeldOut:
     """The held-out images every model is compared on (resized per model from the same originals)."""
@@ -191,25 +185,19 @@ class HeldOut:
 
 def held_out_images(dataset: str, limit: int) -> HeldOut:
     """A seeded subset of the dataset's test split (the split the checkpoint never trained on)."""
-    from edgecnn.data import load_dataset
+    from edgecnn.data import load_dataset, sample_indices
 
     test = load_dataset(dataset).split("test")
-    order = np.arange(len(test))
-    if limit < len(test):
-        order = np.sort(np.random.default_rng(0).choice(len(test), limit, replace=False))
+    order = sample_indices(len(test), limit)
     images = [test.image(int(i)) for i in order]
     return HeldOut(images, test.labels[order], f"{dataset} test split, {len(order)} images")
 
 
 def folder_held_out(folder: Path, limit: int) -> HeldOut:
     """The first `limit` images under `folder` (sorted), unlabelled."""
-    from edgecnn.data import IMAGE_SUFFIXES, read_image
+    from edgecnn.data import image_files, read_image
 
-    if not folder.is_dir():
-        raise EdgeCNNError(f"--images {folder}: not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
-    if not paths:
-        raise EdgeCNNError(f"--images {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    paths = image_files(folder, "--images")[:limit]
     return HeldOut([read_image(p) for p in paths], None, f"{len(paths)} images in {folder}")
 
 
@@ -222,10 +210,7 @@ def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
     if target.exists():
         return target
     if variant.format == "pytorch":
-        from edgecnn.checkpoint import load_checkpoint
-
-        pre = load_checkpoint(variant.model).preprocess
-        samples = np.stack([resize_image(image, pre) for image in held_out.images])
+        samples = np.stack([resize_image(image, variant.pre) for image in held_out.images])
     else:
         model_file = read_model_file(variant.model)
         pipeline = InputPipeline(model_preprocess(model_file, variant.input_shape),
@@ -246,7 +231,7 @@ def row_from_results(variant: Variant, results: list[dict], device: str) -> Benc
     """One row from the results of every round of a variant (samples pooled; load/first-run: their median)."""
     ok = [r for r in results if r.get("ok")]
     row = BenchRow(variant.name, variant.format, variant.precision, "", device, variant.threads,
-                   variant.input_shape[0], path=str(variant.model), macs=variant.macs, size_bytes=_size_bytes(variant))
+                   variant.input_shape[0], path=str(variant.model), macs=variant.macs, size_bytes=variant.size_bytes)
     if len(ok) < len(results):
         row.status = "failed: " + next(r["error"] for r in results if not r.get("ok"))
         return row

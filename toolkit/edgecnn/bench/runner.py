@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,6 +64,12 @@ def time_runs(run: Callable[[], object], warmup: int, runs: int, min_seconds: fl
         run()
         samples.append((time.perf_counter() - start) * 1000)
     return first_ms, samples
+
+
+def timing_result(backend: str, load_ms: float, first_ms: float, samples: list[float], shape, dtype: str) -> dict:
+    """The part of a result every runner reports; the harness pools `latencies_ms` over rounds into its stats."""
+    return {"backend": backend, "load_ms": load_ms, "first_ms": first_ms, "latencies_ms": samples,
+            "input": {"shape": list(shape), "dtype": dtype}}
 
 
 def peak_rss_mb() -> float:
@@ -156,9 +162,7 @@ def execute(job: dict) -> dict:
     load_ms = (time.perf_counter() - started) * 1000
     x = random_input(shape, backend.input.dtype, job.get("seed", 0))
     first_ms, samples = time_runs(lambda: backend.run(x), job["warmup"], job["runs"], job["min_seconds"])
-    result = {"backend": backend.name, "load_ms": load_ms, "first_ms": first_ms, "latencies_ms": samples,
-              "stats": asdict(LatencyStats.from_samples(samples)),
-              "input": {"shape": list(shape), "dtype": backend.input.dtype.name}}
+    result = timing_result(backend.name, load_ms, first_ms, samples, shape, backend.input.dtype.name)
     if job.get("inputs"):
         outputs = run_samples(backend, np.load(job["inputs"]), shape[0])
         result["outputs"] = encode_array(outputs)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from edgecnn.bench.runner import LatencyStats, encode_array, main, peak_rss_mb, time_runs
+from edgecnn.bench.runner import encode_array, main, peak_rss_mb, time_runs, timing_result
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import normalise_batch
@@ -78,9 +77,8 @@ def execute(job: dict) -> dict:
         first_ms = (time.perf_counter() - started) * 1000
         run = _runner(model, x, device, cuda_graph)
         _, samples = time_runs(run, job["warmup"], job["runs"], job["min_seconds"])
-        result = {"backend": f"torch-{device.type}" + ("-graph" if cuda_graph else ""), "load_ms": load_ms,
-                  "first_ms": first_ms, "latencies_ms": samples, "stats": asdict(LatencyStats.from_samples(samples)),
-                  "input": {"shape": [batch, 3, size, size], "dtype": str(dtype).removeprefix("torch.")}}
+        result = timing_result(f"torch-{device.type}" + ("-graph" if cuda_graph else ""), load_ms, first_ms, samples,
+                               (batch, 3, size, size), str(dtype).removeprefix("torch."))
         if job.get("inputs"):
             images = torch.from_numpy(np.load(job["inputs"]))
             logits = [model(normalise_batch(images[i : i + 256], ckpt.preprocess, device).to(dtype=dtype))

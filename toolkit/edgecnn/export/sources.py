@@ -76,26 +76,20 @@ def source_from_weights(
 
 def dataset_images(spec: str, split: str, pre: Preprocess, limit: int | None, seed: int = 0) -> Images:
     """Up to `limit` images of a dataset split (a seeded random subset), resized for the model."""
-    from edgecnn.data import load_dataset
+    from edgecnn.data import load_dataset, sample_indices
 
     images = load_dataset(spec).split(split)
-    order = np.arange(len(images))
-    if limit is not None and limit < len(images):
-        order = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+    order = sample_indices(len(images), limit, seed)
     pixels = np.stack([resize_image(images.image(int(i)), pre) for i in order])
     return Images(pixels, images.labels[order], f"{spec} {split} split")
 
 
 def folder_images(folder: str | Path, pre: Preprocess) -> Images:
     """Every image under `folder` (recursively, sorted), unlabelled."""
-    from edgecnn.data import IMAGE_SUFFIXES, read_image
+    from edgecnn.data import image_files, read_image
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgeCNNError(f"calibration folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise EdgeCNNError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    paths = image_files(folder, "calibration folder")
     return Images(np.stack([resize_image(read_image(p), pre) for p in paths]), None, f"images in {folder}")
 
 

@@ -86,9 +86,10 @@ class CaptureStats:
 
 class FrameSource:
     def __init__(self, source: str, *, realtime: bool = False, reconnect: bool | None = None,
-                 give_up_after: float | None = None, prepare: Callable[[np.ndarray], Any] | None = None):
+                 give_up_after: float | None = None, prepare: Callable[[np.ndarray, int], Any] | None = None):
         self.source, self.kind = source, source_kind(source)
-        # Work done on the capture thread, overlapping inference (the classifier's resize + lookup table).
+        # Work done on the capture thread, overlapping inference (the classifier's resize + lookup table):
+        # prepare(image, index) → Frame.prepared.
         self.prepare = prepare
         if self.kind == "file" and not Path(source).is_file():
             raise EdgeCNNError(f"video file not found: {source}")
@@ -185,7 +186,7 @@ class FrameSource:
         frame = Frame(image, index, captured)
         if self.prepare is not None:
             try:
-                frame.prepared = self.prepare(image)
+                frame.prepared = self.prepare(image, index)
             except Exception as e:  # one frame the model cannot take: counted by the consumer, not fatal
                 frame.error = str(e) if isinstance(e, EdgeCNNError) else f"{type(e).__name__}: {e}"
         return frame
