@@ -32,10 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename is only durable once the directory entry is on disk (power loss on an SD card).
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -50,8 +50,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:  # a full or read-only disk: the old file (if any) is untouched
+        raise EdgeCNNError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

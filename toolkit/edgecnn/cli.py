@@ -201,11 +201,12 @@ def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, l
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
 @click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")
+@click.option("--sha256", "sidecar", is_flag=True, help="Also write FILE.sha256 (sha256sum -c checks it).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"artifacts": [...]}.')
 def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, formats, int8, calib_samples,
                calib_images, dataset, eval_samples, target, max_accuracy_drop, no_fallback, allow_float_ops,
-               out_dir, json_path) -> None:
+               sidecar, out_dir, json_path) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
     from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions, export, parse_formats
@@ -219,7 +220,7 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
     )
 
     options = ExportOptions(parse_formats(formats), int8, target, max_accuracy_drop, not no_fallback,
-                            allow_float_ops)
+                            allow_float_ops, sidecar)
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is not None:
@@ -309,13 +310,15 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--cores", help="adb: CPU mask to pin to, e.g. f0 for cores 4-7.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True,
               help="Seconds one measurement may take.")
+@click.option("--no-verify", is_flag=True, help="Do not check edgecnn files against their content hash.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"machine": ..., "results": [...]}.')
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path))
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Latency-vs-accuracy PNG.")
 def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, images_dir, samples, reference,
           input_shape, profile, device, all_formats, export_dir, max_accuracy_drop, target, remote_python, ssh_key,
-          ssh_config, ssh_insecure, benchmark_model, cores, timeout, json_path, csv_path, md_path, plot_path) -> None:
+          ssh_config, ssh_insecure, benchmark_model, cores, timeout, no_verify, json_path, csv_path, md_path,
+          plot_path) -> None:
     """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
     from edgecnn.bench import BenchOptions, benchmark, make_target
     from edgecnn.bench.report import print_bench_table, require_matplotlib, write_outputs
@@ -325,7 +328,7 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, im
 
     options = BenchOptions(_int_list(threads, "--threads"), runs, warmup, min_seconds, batch, rounds, dataset,
                            images_dir, samples, _int_list(input_shape, "--input-shape") if input_shape else None,
-                           profile, reference)
+                           profile, reference, verify=not no_verify)
     target_device = make_target(device, python=remote_python, key=ssh_key, config=ssh_config, insecure=ssh_insecure,
                                 benchmark_model=benchmark_model, cores=cores, timeout=timeout)
     models, failed_exports = list(models), []
@@ -390,9 +393,10 @@ def _checkpoint_dataset(path: Path) -> str | None:
 @click.option("--stats-json", type=click.Path(path_type=Path), help="Write the pipeline statistics at the end.")
 @click.option("--realtime", is_flag=True, help="Play a video file at its own frame rate, as a camera would deliver it.")
 @click.option("--give-up-after", type=click.FloatRange(min=0), help="Stop when a stream stays down this many seconds.")
+@click.option("--no-verify", is_flag=True, help="Do not check an edgecnn file against its content hash.")
 def watch(source, model_path, threads, img_size, mean, std, labels_file, every, max_fps, roi, max_frames,
           alert_labels, threshold, min_frames, events_path, save_path, show, stats_json, realtime,
-          give_up_after) -> None:
+          give_up_after, no_verify) -> None:
     """Classify a video file, camera index or rtsp://, http:// stream as it plays (torch-free)."""
     import signal
     import threading
@@ -405,7 +409,9 @@ def watch(source, model_path, threads, img_size, mean, std, labels_file, every, 
 
     labels = read_labels(labels_file) if labels_file else None
     classifier = load(model_path, threads, img_size=img_size, mean=_floats(mean, "--mean"),
-                      std=_floats(std, "--std"), labels=labels)
+                      std=_floats(std, "--std"), labels=labels, verify=not no_verify)
+    for note in classifier.notes:
+        console.print(note)
     alerts = tuple(a.strip() for a in alert_labels.split(",") if a.strip()) if alert_labels else ()
     unknown = [a for a in alerts if a not in classifier.labels]
     if unknown:
@@ -463,12 +469,13 @@ def summary(target: str, img_size: int | None, num_classes: int | None, width: f
 @cli.command()
 @click.argument("model_path", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the card and op summary as JSON.")
-def info(model_path: Path, as_json: bool) -> None:
+@click.option("--no-verify", is_flag=True, help="Show a file even if it does not match its content hash.")
+def info(model_path: Path, as_json: bool, no_verify: bool) -> None:
     """Show a .tflite/.onnx file's embedded model card and an op summary (int8/float ops, I/O dtypes)."""
     from edgecnn.runtime.modelfile import read_model_file
     from edgecnn.runtime.report import model_summary, print_model_summary
 
-    summary = model_summary(read_model_file(model_path))
+    summary = model_summary(read_model_file(model_path, verify=not no_verify))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -10,6 +10,7 @@ samples are pooled, so a machine that drifts biases none of them.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ class BenchOptions:
     input_shape: tuple[int, ...] | None = None
     profile: bool = False
     reference: Path | None = None
+    verify: bool = True  # refuse an edgecnn artefact that does not match its content hash
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Variant:
     macs: int | None = None
     size_bytes: int | None = None  # the file; for a checkpoint its weights' bytes (comparable to a float file)
     pre: Preprocess | None = None  # a checkpoint's preprocessing (files carry theirs)
+    sha256: str | None = None  # the verified file's hash: the runner checks the copy it loads against it
+    note: str = ""  # e.g. that the file carries no edgecnn content hash
 
 
 @dataclass
@@ -132,11 +136,14 @@ def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
 
 
 def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
-    model_file = read_model_file(path)  # refuses truncated/foreign files before any runtime sees them
+    # Refuses truncated, foreign or (with verify) corrupted files before any runtime sees them.
+    model_file = read_model_file(path, verify=options.verify)
     shape = resolve_input_shape(model_file, options.batch, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if options.verify else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
-                    size_bytes=path.stat().st_size) for t in options.threads]
+                    size_bytes=path.stat().st_size, sha256=digest, note="; ".join(model_file.notes))
+            for t in options.threads]
 
 
 def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[Variant]:
@@ -212,7 +219,7 @@ def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
     if variant.format == "pytorch":
         samples = np.stack([resize_image(image, variant.pre) for image in held_out.images])
     else:
-        model_file = read_model_file(variant.model)
+        model_file = read_model_file(variant.model, verify=False)  # verified by file_variants
         pipeline = InputPipeline(model_preprocess(model_file, variant.input_shape),
                                  input_spec(model_file, variant.input_shape))
         samples = np.stack([pipeline.prepare(image, color="RGB") for image in held_out.images])
@@ -224,7 +231,7 @@ def job_for(variant: Variant, options: BenchOptions) -> dict:
     return {"model": str(variant.model), "threads": variant.threads, "warmup": options.warmup, "runs": options.runs,
             "min_seconds": options.min_seconds, "input_shape": list(variant.input_shape),
             "inputs": str(variant.inputs) if variant.inputs else None, "profile": options.profile,
-            "precision": variant.precision, **variant.torch}
+            "precision": variant.precision, "sha256": variant.sha256, **variant.torch}
 
 
 def row_from_results(variant: Variant, results: list[dict], device: str) -> BenchRow:
@@ -248,7 +255,7 @@ def row_from_results(variant: Variant, results: list[dict], device: str) -> Benc
     typical = row.median_ms or row.mean_ms
     row.throughput_ips = row.batch * 1000.0 / typical if typical else None
     row.profile = ok[0].get("profile")
-    row.note = "; ".join(filter(None, [ok[0].get("profile_note"), ok[0].get("gpu")]))
+    row.note = "; ".join(filter(None, [variant.note, ok[0].get("profile_note"), ok[0].get("gpu")]))
     return row
 
 

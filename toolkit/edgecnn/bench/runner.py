@@ -11,6 +11,7 @@ and ai-edge-litert or onnxruntime are all it needs: no torch, no OpenCV, no edge
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import resource
@@ -152,11 +153,23 @@ def summarise_onnx_profile(events: list[dict], top: int) -> list[dict]:
              "share": r["us"] / total if total else 0.0} for r in rows]
 
 
+def check_copy(path: str, expected: str) -> None:
+    """The file about to be loaded is byte for byte the one the harness verified (a copy to a device, or a disk
+    between the two, can corrupt it)."""
+    with open(path, "rb") as f:
+        actual = hashlib.sha256(f.read()).hexdigest()
+    if actual != expected:
+        raise RuntimeError(f"{os.path.basename(path)} is corrupted on this device: sha256 {actual[:12]}… differs "
+                           f"from the verified file's {expected[:12]}…")
+
+
 def execute(job: dict) -> dict:
     """Run one measurement job (built by `edgecnn.bench.harness.job_for`) and return its result."""
     from edgecnn.runtime.backends import load_backend
 
     shape = tuple(job["input_shape"])
+    if job.get("sha256"):
+        check_copy(job["model"], job["sha256"])
     started = time.perf_counter()
     backend = load_backend(job["model"], job["threads"], shape)
     load_ms = (time.perf_counter() - started) * 1000

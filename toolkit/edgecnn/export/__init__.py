@@ -9,6 +9,7 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class ExportOptions:
     max_accuracy_drop: float | None = None  # top-1 points (1.0 = one point); None: report only
     fallback: bool = True
     allow_float_ops: bool = False
+    sidecar: bool = False  # also write FILE.sha256 beside each artefact
 
 
 @dataclass
@@ -174,6 +176,9 @@ def export(
                                        reference, console)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
+            except OSError as e:  # a full disk while building: nothing is written under the final name
+                artefact = Artefact(str(final), fmt, options.int8, status="export failed",
+                                    error=f"cannot write {final}: {e.strerror or e}")
             artefacts.append(artefact)
     return artefacts
 
@@ -202,8 +207,24 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
     elif over_budget:
         artefact.status = "gate failed"
     if artefact.status == "ok":
-        work.replace(final)
+        install(work, final, options.sidecar)
     return artefact
+
+
+def install(work: Path, final: Path, sidecar: bool) -> None:
+    """Give the verified file its final name (atomic, durable). An old sidecar goes first: a stale one beside
+    the new file would call it corrupt, while a missing one only leaves the embedded hash to check."""
+    from edgecnn.atomic import fsync_dir, write_bytes
+    from edgecnn.runtime.integrity import sidecar_line, sidecar_path
+
+    sidecar_path(final).unlink(missing_ok=True)
+    with open(work, "rb+") as f:
+        os.fsync(f.fileno())
+    work.replace(final)
+    fsync_dir(final.parent)
+    if sidecar:
+        write_bytes(sidecar_path(final), sidecar_line(final, final.read_bytes()).encode())
+        sidecar_path(final).chmod(0o644)  # as readable as the model it describes (mkstemp made it 0600)
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,

@@ -118,7 +118,8 @@ def load_backend(path: str | Path, threads: int | None = None, input_shape: tupl
     return cls(path, threads, input_shape)
 
 
-def open_backend(path: str | Path, threads: int | None = None) -> Backend:
-    """Load a model in its runtime after checking that the file parses (no segfault on a corrupt file)."""
-    read_model_file(path)
+def open_backend(path: str | Path, threads: int | None = None, verify: bool = True) -> Backend:
+    """Load a model in its runtime after checking that the file parses (no segfault on a corrupt file) and,
+    with `verify`, that an edgecnn artefact matches its content hash."""
+    read_model_file(path, verify=verify)
     return load_backend(path, threads)

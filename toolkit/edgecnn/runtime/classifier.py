@@ -15,7 +15,8 @@ import numpy as np
 
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess, resize_image
-from edgecnn.runtime.backends import Backend, TensorSpec, open_backend
+from edgecnn.runtime.backends import Backend, TensorSpec, load_backend
+from edgecnn.runtime.integrity import Integrity
 from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 
@@ -76,6 +77,8 @@ class InputPipeline:
 class Classifier:
     def __init__(self, backend: Backend, pre: Preprocess, labels: list[str]):
         self.backend, self.pre, self.layout = backend, pre, pre.layout
+        self.notes: list[str] = []  # e.g. that the file carries no edgecnn content hash
+        self.integrity: Integrity | None = None  # what `load` checked; None with verify=False
         out = backend.output
         classes = out.shape[-1]
         if len(out.shape) != 2:
@@ -157,9 +160,16 @@ def load(
     std: tuple[float, float, float] | None = None,
     color: str | None = None,
     labels: list[str] | None = None,
+    verify: bool = True,
 ) -> Classifier:
-    """Open a .tflite/.onnx classifier; its embedded card supplies preprocessing, the arguments override it."""
-    model_file = read_model_file(path)
-    backend = open_backend(path, threads)
+    """Open a .tflite/.onnx classifier; its embedded card supplies preprocessing, the arguments override it.
+
+    With `verify` (the default) an edgecnn artefact whose bytes do not match its content hash is refused before
+    any runtime sees it; files without an edgecnn hash load, with a note in `classifier.notes`."""
+    model_file = read_model_file(path, verify=verify)  # parsed first: no runtime sees a truncated or garbage file
+    backend = load_backend(path, threads)
     pre = model_preprocess(model_file, backend.input.shape, img_size, mean, std, color)
-    return Classifier(backend, pre, labels or (model_file.card or {}).get("labels") or [])
+    classifier = Classifier(backend, pre, labels or (model_file.card or {}).get("labels") or [])
+    classifier.notes = model_file.notes
+    classifier.integrity = model_file.integrity
+    return classifier

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.integrity import HASH_KEY, PLACEHOLDER, Integrity, check_integrity, require_sealed_card, seal
 
 CARD_KEY = "edgecnn"
 TFLITE_MAGIC = b"TFL3"
@@ -55,6 +56,7 @@ class ModelFile:
     outputs: list[dict]
     card: dict | None = None
     notes: list[str] = field(default_factory=list)
+    integrity: Integrity | None = None  # None: not checked (verify=False)
 
     @property
     def compute_ops(self) -> list[OpInfo]:
@@ -76,19 +78,29 @@ def model_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def read_model_file(path: str | Path) -> ModelFile:
-    """Parse a .tflite or .onnx file's structure; a truncated or foreign file is a clear error."""
+def read_model_file(path: str | Path, verify: bool = True) -> ModelFile:
+    """Parse a .tflite or .onnx file's structure; a truncated or foreign file is a clear error. With `verify`,
+    an edgecnn artefact whose bytes do not match its content hash (or its .sha256 sidecar) is refused."""
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"model file not found: {path}")
     fmt = model_format(path)
-    data = path.read_bytes()
     try:
-        return _read_tflite(path, data) if fmt == "tflite" else _read_onnx(path, data)
+        data = path.read_bytes()
+    except OSError as e:
+        raise EdgeCNNError(f"cannot read {path}: {e.strerror or e}") from None
+    integrity = check_integrity(path, data) if verify else None
+    try:
+        model_file = _read_tflite(path, data) if fmt == "tflite" else _read_onnx(path, data)
     except EdgeCNNError:
         raise
     except Exception as e:  # flatbuffers/protobuf raise many types on garbage input
         raise EdgeCNNError(f"{path}: not a valid {fmt} model (corrupt or truncated: {type(e).__name__})") from None
+    require_sealed_card(path, model_file.card, integrity)
+    model_file.integrity = integrity
+    if integrity is not None and not integrity.verified:
+        model_file.notes.append(f"{path.name}: {integrity.detail}")
+    return model_file
 
 
 # --- TFLite -------------------------------------------------------------------------------------------------
@@ -270,4 +282,7 @@ def embed_onnx_card(path: Path, card: dict) -> None:
 
 
 def embed_card(path: Path, card: dict) -> None:
-    (embed_tflite_card if model_format(path) == "tflite" else embed_onnx_card)(Path(path), card)
+    """Embed `card` and seal the file with its content hash (see edgecnn.runtime.integrity)."""
+    path = Path(path)
+    (embed_tflite_card if model_format(path) == "tflite" else embed_onnx_card)(path, {**card, HASH_KEY: PLACEHOLDER})
+    path.write_bytes(seal(path.read_bytes()))

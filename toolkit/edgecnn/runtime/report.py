@@ -26,6 +26,8 @@ def model_summary(model: ModelFile) -> dict:
             "float_ops": [f"{op.name} ({op.where})" for op in model.float_ops],
         },
         "card": model.card,
+        "integrity": None if model.integrity is None else {"verified": model.integrity.verified,
+                                                           "detail": model.integrity.detail},
     }
 
 
@@ -42,6 +44,9 @@ def print_model_summary(console: Console, summary: dict) -> None:
     table.add_row("op types", ", ".join(f"{k}×{v}" for k, v in ops["by_type"].items()))
     if ops["float_ops"]:
         table.add_row("float ops", ", ".join(ops["float_ops"]))
+    integrity = summary["integrity"]
+    table.add_row("integrity", "not checked (--no-verify)" if integrity is None
+                  else ("verified: " if integrity["verified"] else "") + integrity["detail"])
     if card is None:
         table.add_row("card", "none: not an edgecnn export (preprocessing must be given to the runtime)")
     else:
