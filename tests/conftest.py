@@ -1,3 +1,5 @@
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -6,6 +8,42 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The reliability suite's figures: each test adds what it tried to RELIABILITY[entry point]; with
+# EDGECNN_RELIABILITY_JSON=FILE the session writes them there (benchmarks/reliability.py does).
+RELIABILITY: dict[str, dict[str, int]] = {}
+
+
+def record(entry: str, **counts: int) -> None:
+    row = RELIABILITY.setdefault(entry, {})
+    for key, value in counts.items():
+        row[key] = row.get(key, 0) + value
+
+
+def pytest_sessionfinish(session) -> None:
+    target = os.environ.get("EDGECNN_RELIABILITY_JSON")
+    if target and RELIABILITY:
+        Path(target).write_text(json.dumps(RELIABILITY, indent=2, sort_keys=True) + "\n")
+
+
+def cli_outcome(*args) -> tuple[str, str]:
+    """Run the `edgecnn` CLI in this process: ('ok' | 'clean error' | 'traceback', output). A clean error is an
+    EdgeCNNError (one line, exit 2 from the real entry point) or click's usage error; anything else — another
+    exception, or 'Traceback' in the output — is a crash the user would see."""
+    from click.testing import CliRunner
+    from edgecnn.cli import cli
+    from edgecnn.errors import EdgeCNNError
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    output = result.output + (f"\n{type(result.exception).__name__}: {result.exception}" if result.exception else "")
+    if "Traceback" in result.output:
+        return "traceback", output
+    if result.exception is None:
+        return "ok", output
+    if isinstance(result.exception, EdgeCNNError) or (isinstance(result.exception, SystemExit)
+                                                       and result.exit_code == 2):
+        return "clean error", output
+    return "traceback", output
 
 
 def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):

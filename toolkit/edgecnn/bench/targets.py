@@ -80,8 +80,7 @@ def _require_cuda() -> None:
 # The modules the device needs, and nothing that imports torch or OpenCV: package __init__ files are
 # replaced by empty ones so importing edgecnn.runtime.backends does not pull in the classifier.
 BUNDLE_MODULES = ("__init__.py", "errors.py", "native.py", "runtime/backends.py", "runtime/modelfile.py",
-                  "runtime/integrity.py",
-                  "bench/machine.py", "bench/runner.py")
+                  "runtime/integrity.py", "bench/machine.py", "bench/runner.py")
 BUNDLE_MAIN = "import sys\n\nfrom edgecnn.bench.runner import main\n\nsys.exit(main())\n"
 
 

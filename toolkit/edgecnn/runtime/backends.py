@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 from edgecnn.runtime.modelfile import model_format, read_model_file
 
@@ -55,6 +55,7 @@ def _litert_interpreter():
 class LiteRTBackend:
     def __init__(self, path: Path, threads: int | None, input_shape: tuple[int, ...] | None = None):
         interpreter_cls, self.name = _litert_interpreter()
+        self.path = path
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
                 self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
@@ -75,8 +76,11 @@ class LiteRTBackend:
         return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]), float(scale), int(zero_point))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self._interpreter.set_tensor(self._in["index"], x)
-        self._interpreter.invoke()
+        try:
+            self._interpreter.set_tensor(self._in["index"], x)
+            self._interpreter.invoke()
+        except (ValueError, RuntimeError) as e:  # a damaged file (--no-verify) can load and still not run
+            raise EdgeCNNError(f"{self.path}: the TFLite runtime cannot run it: {first_line(e)}") from None
         return self._interpreter.get_tensor(self._out["index"])
 
 
@@ -91,6 +95,7 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        self.path = path
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -108,7 +113,10 @@ class OnnxBackend:
         return TensorSpec(arg.name, tuple(shape), np.dtype(dtypes[arg.type]))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self.input.name: x})[0]
+        try:
+            return self._session.run(None, {self.input.name: x})[0]
+        except Exception as e:  # onnxruntime's own error types (Fail, InvalidArgument, ...): a damaged graph
+            raise EdgeCNNError(f"{self.path}: onnxruntime cannot run it: {first_line(e)}") from None
 
 
 def load_backend(path: str | Path, threads: int | None = None, input_shape: tuple[int, ...] | None = None) -> Backend:
