@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -159,8 +160,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, list):
             return [_coerce(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     elif _is_scalar(value, hint):
-        return float(value) if hint is float else value
+        return _finite(value, where) if hint is float else value
     raise EdgeCNNError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _finite(value: int | float, where: str) -> float:
+    """YAML's .nan and .inf (or an integer beyond float range) would pass every range check: refuse them."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise EdgeCNNError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def load_section(cls: type, data: Any, where: str) -> Any:
@@ -264,6 +276,8 @@ def load_recipe(path: str | Path) -> Recipe:
         raise EdgeCNNError(f"cannot read recipe {path}: {e}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML parses nesting recursively: '[[[[...' a thousand deep exhausts the stack
+        raise EdgeCNNError(f"{path}: YAML nested too deeply to be a recipe") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
