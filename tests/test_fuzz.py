@@ -141,6 +141,8 @@ MUTATION_CHILD = textwrap.dedent("""
     import json, random, sys
     from pathlib import Path
     import numpy as np
+    from click.testing import CliRunner
+    from edgecnn.cli import cli
     from edgecnn.errors import EdgeCNNError
     from edgecnn.runtime import load
     sys.path.insert(0, sys.argv[4])
@@ -160,19 +162,23 @@ MUTATION_CHILD = textwrap.dedent("""
             outcome = "clean_error"
         except Exception as e:
             outcome = f"exception {type(e).__name__}: {e}"
+        shown = CliRunner().invoke(cli, ["info", "--no-verify", str(target)])
+        if not (shown.exception is None or isinstance(shown.exception, EdgeCNNError)) or "Traceback" in shown.output:
+            outcome = f"info: {type(shown.exception).__name__}: {shown.exception}"
         print(json.dumps({"done": i, "outcome": outcome}), flush=True)
 """)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_corrupted_files_with_no_verify_never_crash_the_runtime(digits_int8, tmp_path, fmt):
-    """--no-verify hands damaged bytes to the runtimes' C++ parsers. A mutation loop in a child process (so a
-    segfault is counted, not fatal): every input must run or give a clean error; none may kill the process."""
+    """--no-verify hands damaged bytes to the runtimes' C++ parsers (and a damaged card to `info`). A mutation
+    loop in a child process (so a segfault is counted, not fatal): every input must run or give a clean error in
+    runtime.load + predict and in `info --no-verify`; none may kill the process."""
     from conftest import ROOT
 
     copy = tmp_path / f"model.{fmt}"
     copy.write_bytes(digits_int8[fmt].read_bytes())
-    count, first, outcomes, crashes = 200, 0, {}, []
+    count, first, outcomes, crashes = 300, 0, {}, []
     while first < count:
         child = subprocess.run([sys.executable, "-c", MUTATION_CHILD, str(copy), str(first), str(count),
                                 str(ROOT / "tests")], capture_output=True, text=True, timeout=600)
@@ -186,7 +192,7 @@ def test_corrupted_files_with_no_verify_never_crash_the_runtime(digits_int8, tmp
         crashes.append((crashed_at, child.returncode))
         first = crashed_at + 1
     bad = {i: o for i, o in outcomes.items() if o not in ("ran", "clean_error")}
-    record(f"runtime.load --no-verify ({fmt} mutations)", tried=count, crashes=len(crashes),
+    record(f"runtime.load + info, --no-verify ({fmt} mutations)", tried=count, crashes=len(crashes),
            tracebacks=len(bad), ran=sum(o == "ran" for o in outcomes.values()),
            clean_error=sum(o == "clean_error" for o in outcomes.values()))
     assert not crashes and not bad, (crashes, bad)

@@ -97,10 +97,48 @@ def read_model_file(path: str | Path, verify: bool = True) -> ModelFile:
     except Exception as e:  # flatbuffers/protobuf raise many types on garbage input
         raise EdgeCNNError(f"{path}: not a valid {fmt} model (corrupt or truncated: {type(e).__name__})") from None
     require_sealed_card(path, model_file.card, integrity)
+    if model_file.card is not None and (problem := card_problem(model_file.card)):
+        raise EdgeCNNError(f"{path}: its edgecnn model card is damaged ({problem}); re-export it")
     model_file.integrity = integrity
     if integrity is not None and not integrity.verified:
         model_file.notes.append(f"{path.name}: {integrity.detail}")
     return model_file
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _tensor(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("dtype"), str) and _number(v.get("scale")) \
+        and isinstance(v.get("zero_point"), int)
+
+
+# What the runtime and `edgecnn info` read from a card, and the shape each must have. A sealed card always has
+# it; a card read with --no-verify may not, and must then be an error, not a KeyError deep in the runtime.
+CARD_FIELDS = {
+    "edgecnn_version": lambda v: isinstance(v, str),
+    "labels": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "preprocess": lambda v: isinstance(v, dict) and isinstance(v.get("img_size"), int) and v["img_size"] > 0
+    and all(isinstance(v.get(k), list) and len(v[k]) == 3 and all(map(_number, v[k])) for k in ("mean", "std"))
+    and v.get("color") in ("RGB", "BGR") and v.get("layout") in ("NHWC", "NCHW")
+    and (v.get("crop") is None or _number(v["crop"]) and 0 < v["crop"] <= 1),
+    "input": _tensor,
+    "output": _tensor,
+    "source": lambda v: isinstance(v, dict) and all(k in v for k in ("model", "width", "dataset", "from",
+                                                                     "recipe_hash")),
+    "quantization": lambda v: isinstance(v, dict) and isinstance(v.get("float_layers"), list)
+    and all(isinstance(x, str) for x in v["float_layers"]) and "scheme" in v
+    and (v.get("calibration") is None or isinstance(v["calibration"], dict) and "samples" in v["calibration"]
+         and "images" in v["calibration"]),
+}
+
+
+def card_problem(card) -> str | None:
+    """The first card field that is missing or malformed, or None."""
+    if not isinstance(card, dict):
+        return "not a JSON object"
+    return next((f"field '{k}'" for k, ok in CARD_FIELDS.items() if not ok(card.get(k))), None)
 
 
 # --- TFLite -------------------------------------------------------------------------------------------------
