@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import assert_clean_error, edgecnn, free_port
+from conftest import assert_clean_error, edgecnn, free_port, record
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not shutil.which("ssh") or not shutil.which(SSHD),
@@ -82,6 +82,7 @@ def test_unknown_host_key_is_refused(sshd, digits_int8, tmp_path):
                        "ssh failed", "Host key verification failed")
 
 
+@pytest.mark.reliability  # an injected fault (see test_faults.py)
 def test_unreachable_and_hanging_hosts_fail_cleanly(digits_int8):
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", f"ssh://127.0.0.1:{free_port()}",
                                "--ssh-insecure"), "ssh failed", "refused")
@@ -95,3 +96,4 @@ def test_unreachable_and_hanging_hosts_fail_cleanly(digits_int8):
     assert_clean_error(result, "127.0.0.1")
     assert time.time() - started < 60
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "ssh://"), "expected ssh://")
+    record("faults: ssh target refuses or hangs", injected=2, hangs=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import edgecnn
+from conftest import edgecnn, record
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.data import load_dataset
 from edgecnn.loader import make_loader
@@ -46,6 +46,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.reliability  # an injected fault (see test_faults.py)
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     """SIGKILL mid-epoch; --resume continues from last.pt and ends exactly where an uninterrupted run does."""
     epochs = "4"
@@ -70,6 +71,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert [h["epoch"] for h in b.training["history"]] == list(range(1, int(epochs) + 1))
     for key, value in a.state_dict.items():
         torch.testing.assert_close(b.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    record("faults: SIGKILL during training", injected=1, half_written_checkpoints=0)
 
 
 def test_resume_refuses_another_model(tmp_path):

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, assert_clean_error, edgecnn, free_port
+from conftest import ROOT, assert_clean_error, edgecnn, free_port, record
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
 from edgecnn.runtime.classifier import Prediction
@@ -85,6 +85,7 @@ def test_alert_tracker_debounces():
 @needs_videos
 @pytest.mark.skipif(not _gst_rtsp_available(), reason="GStreamer RTSP server missing (apt-get install python3-gi "
                     "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
+@pytest.mark.reliability  # an injected fault (see test_faults.py)
 def test_rtsp_stream_survives_a_server_restart_and_sigterm_loses_nothing(digits_int8, tmp_path):
     port = free_port()
     server = _start_rtsp(VIDEOS / "bikes.mp4", port)
@@ -114,6 +115,7 @@ def test_rtsp_stream_survives_a_server_restart_and_sigterm_loses_nothing(digits_
     assert all(Path(json.loads(line)["snapshot"]).exists() for line in lines)  # every line whole and parseable
     assert len(_frames(tmp_path / "out.mp4")) >= stats["frames_classified"]  # finalised on SIGTERM
     assert "reconnects" in stdout and "Traceback" not in stderr
+    record("faults: RTSP server killed and restarted", injected=1, events_lost=0, reconnects=stats["reconnects"])
 
 
 def _not_a_classifier(path: Path) -> Path:

