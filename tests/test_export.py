@@ -205,10 +205,14 @@ def test_a_model_that_cannot_be_exported_is_named(tmp_path):
 def test_card_round_trip_and_replacement(digits_checkpoint, tmp_path):
     export_json(digits_checkpoint, "--out", tmp_path)
     for path in (tmp_path / "tinycnn.tflite", tmp_path / "tinycnn.onnx"):
-        embed_card(path, {"labels": ["x"], "note": 1})
-        embed_card(path, {"labels": ["y"], "note": 2})
-        assert read_model_file(path).card == {"labels": ["y"], "note": 2}
-        runtime.load(path)  # still a loadable model
+        card = read_model_file(path).card
+        embed_card(path, {**card, "labels": list("abcdefghij"), "note": 1})
+        embed_card(path, {**card, "labels": list("ABCDEFGHIJ"), "note": 2})
+        replaced = read_model_file(path)  # sealed again: its content hash matches
+        assert replaced.card == {**card, "labels": list("ABCDEFGHIJ"), "note": 2,
+                                 "content_sha256": replaced.card["content_sha256"]}
+        assert replaced.integrity.verified and path.read_bytes().count(b'"note"') == 1  # the old card is gone
+        assert runtime.load(path).labels[0] == "A"  # still a loadable model
 
 
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])

@@ -19,11 +19,13 @@ import torch
 from rich.console import Console
 
 from edgecnn import __version__
+from edgecnn.atomic import fsync_dir, write_bytes
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
 from edgecnn.export.verify import FloatReference, Verification, compare, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
+from edgecnn.runtime.integrity import sidecar_line, sidecar_path
 from edgecnn.runtime.modelfile import embed_card
 
 FORMATS = ("tflite", "onnx")
@@ -214,9 +216,6 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
 def install(work: Path, final: Path, sidecar: bool) -> None:
     """Give the verified file its final name (atomic, durable). An old sidecar goes first: a stale one beside
     the new file would call it corrupt, while a missing one only leaves the embedded hash to check."""
-    from edgecnn.atomic import fsync_dir, write_bytes
-    from edgecnn.runtime.integrity import sidecar_line, sidecar_path
-
     sidecar_path(final).unlink(missing_ok=True)
     with open(work, "rb+") as f:
         os.fsync(f.fileno())

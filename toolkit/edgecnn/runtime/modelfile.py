@@ -231,12 +231,15 @@ def embed_tflite_card(path: Path, card: dict) -> None:
     model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(card).encode(), dtype=np.uint8)
-    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != CARD_KEY]
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = CARD_KEY
-    entry.buffer = len(model.buffers) - 1
-    model.metadata.append(entry)
+    old = [m for m in (model.metadata or []) if m.name.decode() == CARD_KEY]
+    if old:  # the old card's buffer is reused: left behind, its hash entry would make the file look corrupt
+        model.buffers[old[0].buffer] = buffer
+    else:
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = CARD_KEY
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = [*(model.metadata or []), entry]
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_MAGIC)
     path.write_bytes(builder.Output())
