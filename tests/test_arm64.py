@@ -84,6 +84,21 @@ def test_int8_models_agree_with_x86_on_emulated_pi4_and_pi5(userland, digits_int
 
 @pytest.mark.arm64
 @needs_userland
+def test_onnx_exported_for_arm_runs_on_the_emulated_pi5(userland, digits_checkpoint, tmp_path):
+    """`export --target arm` (signed int8 activations, no reduce_range: what Arm's kernels prefer)."""
+    exported = edgecnn("export", digits_checkpoint, "--int8", "--format", "onnx", "--target", "arm", "--out", tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    report = tmp_path / "arm.json"
+    result = edgecnn("bench", tmp_path / "tinycnn_int8.onnx", "--device", "arm64-emu:cortex-a76", "--dataset",
+                     "digits", "--json", report, timeout=900)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(report.read_text())["results"]
+    assert row["status"] == "ok" and row["precision"] == "int8" and row["agreement"] >= 0.99
+    assert row["accuracy"] > 0.9
+
+
+@pytest.mark.arm64
+@needs_userland
 def test_bad_arm64_emu_inputs(userland, digits_int8, tmp_path):
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu:cortex-a53"),
                        "unknown CPU 'cortex-a53'", "cortex-a76")

@@ -536,7 +536,9 @@ def device_list(json_path: Path | None) -> None:
     cores = {p.core.name: p.core for p in PROFILES.values()}.values()
     console.print("peak = cores × GHz × MACs/cycle/core; per-cycle rates: "
                   + "; ".join(f"{c.name}: {c.source}" for c in cores))
-    _write_json(json_path, {name: {**asdict(p), "basis": p.basis(), "int8_speedup": p.int8_speedup}
+    _write_json(json_path, {name: {**asdict(p), "basis": p.basis(), "int8_speedup": p.int8_speedup,
+                                   "mobilenet_v2_ms": {kind: p.estimate_ms(MOBILENET_V2_MACS, kind, p.cores)
+                                                       for kind in ("float32", "int8")}}
                             for name, p in PROFILES.items()})
 
 

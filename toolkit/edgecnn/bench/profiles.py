@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-MOBILENET_V2_MACS = 300_774_272  # torchvision mobilenet_v2, 224×224 (edgecnn summary); XNNPACK's model is the same net
+MOBILENET_V2_MACS = 300_774_272  # torchvision mobilenet_v2 at 224 px, conv + linear MACs as edgecnn counts them
 
 
 @dataclass(frozen=True)
