@@ -157,6 +157,9 @@ def setup_userland(folder: Path | None = None, *, mirror: str = DEFAULT_MIRROR, 
         _restore(from_tarball, folder)
     elif rebuild or not (folder / "userland.json").is_file():
         _build(folder, mirror, log)
+    elif userland.record.get("wheels") != runtime_requirements():
+        log("this host's runtime versions changed since the userland was built: building it again")
+        _build(folder, mirror, log)
     else:
         log(f"reusing the userland in {folder}")
     _install_edgecnn(userland.rootfs / GUEST_SITE)

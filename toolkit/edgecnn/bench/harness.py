@@ -314,13 +314,14 @@ TIMING_FIELDS = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms",
                  "throughput_ips", "peak_rss_mb")
 
 
-def mark_emulated(rows: list[BenchRow], target) -> None:
+def mark_emulated(rows: list[BenchRow], target, compared: bool) -> None:
     """Emulated time is not latency: no timing field survives, and the note says what the row does show."""
     for row in rows:
         for name in TIMING_FIELDS:
             setattr(row, name, None)
-        row.note = (f"{target.name}: emulated, functional only (times are not latency); agree / max |diff|: "
-                    "against the same file on this x86 host")
+        row.note = f"{target.name}: emulated, functional only (times are not latency); " + (
+            "agree / max |diff|: against the same file on this x86 host" if compared
+            else "give --dataset or --images to compare its answers with x86")
         if row.format == "onnx" and row.precision != "float32":
             row.note += "; int8 ONNX: x86's AVX2 U8S8 kernels round differently, the Arm result is the reference"
 
@@ -380,7 +381,7 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
         score(rows, outputs, held_out.labels, references)
     machine = next((r["machine"] for rs in results.values() for r in rs if "machine" in r), {})
     if emulated:
-        mark_emulated(rows, target)
+        mark_emulated(rows, target, compared=held_out is not None)
     else:
         mark_fastest(rows)
         profile = measured_profile(machine) if target.device_kind != "cuda" else None

@@ -91,8 +91,13 @@ class DeviceProfile:
         return fp32_ms / self.int8_speedup
 
     @property
+    def speedup_calibration(self) -> Calibration:
+        """Where the int8-over-fp32 speed-up comes from: this profile's calibration if it has int8, else the Pi 4's."""
+        return self.calibration if self.calibration and self.calibration.int8_ms else XNNPACK_PI4
+
+    @property
     def int8_speedup(self) -> float:
-        c = self.calibration if self.calibration and self.calibration.int8_ms else XNNPACK_PI4
+        c = self.speedup_calibration
         return c.fp32_ms / c.int8_ms
 
     def describe(self) -> str:
@@ -107,7 +112,7 @@ class DeviceProfile:
         text = f"{c.model} {times}, {c.threads} thread(s) on {c.device} ({c.source})"
         if c.core is not self.core:
             text += (f"; {c.core.name}'s fp32 efficiency applied to the {self.core.name}, int8 = fp32 ÷ "
-                     f"{self.int8_speedup:.2f} (the measured int8 speed-up)")
+                     f"{self.int8_speedup:.2f} (the int8 speed-up measured on the {self.speedup_calibration.device})")
         return text
 
 
