@@ -52,6 +52,11 @@ def test_runtime_runs_in_the_arm64_userland_without_torch(userland, digits_int8)
     assert done.returncode == 0, done.stderr
     guest = json.loads(done.stdout.strip().splitlines()[-1])
     assert guest.pop("arch") == "aarch64" and guest.pop("torch") is False
+    # The CPU model really reaches the guest: the kernel-reported HWCAP (from qemu, not from the cpuinfo file)
+    # has the dot product (ASIMDDP, bit 20) on the Pi 5's core and not on the Pi 4's.
+    hwcap = "import ctypes; print(ctypes.CDLL(None).getauxval(16) >> 20 & 1)"
+    for cpu, dotprod in (("cortex-a72", "0"), ("cortex-a76", "1")):
+        assert userland.python(cpu, ["-c", hwcap]).stdout.strip() == dotprod
     here = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=300)
     host = json.loads(here.stdout.strip().splitlines()[-1])
     assert guest == {p: host[p] for p in paths}
@@ -97,25 +102,30 @@ def test_onnx_exported_for_arm_runs_on_the_emulated_pi5(userland, digits_checkpo
     assert row["accuracy"] > 0.9
 
 
-@pytest.mark.arm64
-@needs_userland
-def test_bad_arm64_emu_inputs(userland, digits_int8, tmp_path):
+def test_bad_arm64_emu_inputs(digits_int8, tmp_path):
+    """No userland needed: these fail before anything is emulated."""
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu:cortex-a53"),
                        "unknown CPU 'cortex-a53'", "cortex-a76")
-    empty = {**os.environ, "EDGECNN_CACHE": str(tmp_path / "no-cache")}
-    assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu", env=empty),
-                       "no arm64 userland", "edgecnn device setup arm64-emu")
     no_qemu = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # python and edgecnn, no qemu, no mmdebstrap
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu", env=no_qemu),
                        "qemu-user is not installed", "apt-get install qemu-user-static")
+    assert_clean_error(edgecnn("device", "setup", "arm64-emu", env=no_qemu), "qemu-user is not installed")
+    assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--estimate", "pi6"), "unknown device profile 'pi6'",
+                       "pi5")
+    if not HAS_QEMU:
+        return
+    empty = {**os.environ, "EDGECNN_CACHE": str(tmp_path / "no-cache")}
+    assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu", env=empty),
+                       "no arm64 userland", "edgecnn device setup arm64-emu")
     assert_clean_error(edgecnn("device", "setup", "arm64-emu", "--from-tarball", tmp_path / "missing.tar.gz"),
                        "missing.tar.gz", "no such file")
     bogus = tmp_path / "bogus.tar.gz"
     bogus.write_bytes(b"not a tarball")
     assert_clean_error(edgecnn("device", "setup", "arm64-emu", "--folder", tmp_path / "u", "--from-tarball", bogus),
                        "bogus.tar.gz", "cannot unpack")
-    assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--estimate", "pi6"), "unknown device profile 'pi6'",
-                       "pi5")
+    (tmp_path / "u" / "userland.json").write_text("{half a reco")  # a marker a power cut damaged
+    assert_clean_error(edgecnn("device", "setup", "arm64-emu", "--folder", tmp_path / "u"),
+                       "userland.json is unreadable", "--rebuild")
 
 
 @pytest.mark.arm64
@@ -131,6 +141,23 @@ def test_userland_saved_and_restored_from_a_tarball(userland, tmp_path):
 
 
 # --- device profiles and the Pi header -------------------------------------------------------------------------
+
+def test_file_macs_are_per_image_whatever_the_batch(tmp_path):
+    import numpy as np
+    import onnx
+    from edgecnn.bench.harness import file_macs
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    for batch in ("N", 4, 1):
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 32, 32])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8, 32, 32])], [weight])
+        path = tmp_path / f"conv_{batch}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        assert file_macs(path) == 8 * 32 * 32 * 3 * 3 * 3
+
 
 def test_profiles_reproduce_their_calibration_and_scale_with_macs():
     pi4 = PROFILES["pi4"]

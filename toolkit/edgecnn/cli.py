@@ -356,9 +356,7 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, im
     if (options.dataset or options.images) and all(r.agreement is None for r in rows):
         notes.append("agreement: no float reference among these models; give --reference FLOAT_MODEL")
     if machine.get("peak") and any(r.efficiency is not None for r in rows):
-        notes.append(f"eff.: peak = {machine['peak']}"
-                     + ("; above 100 %: the CPU ran faster than the clock /proc/cpuinfo shows (turbo)"
-                        if any((r.efficiency or 0) > 1 for r in rows) else ""))
+        notes.append(f"eff.: peak = {machine['peak']}")
     print_bench_table(console, rows, machine, notes)
     options_record = {"threads": list(options.threads), "runs": runs, "warmup": warmup, "min_seconds": min_seconds,
                       "batch": batch, "rounds": rounds, "dataset": options.dataset,
@@ -496,22 +494,18 @@ def device() -> None:
 @click.argument("name", type=click.Choice(["arm64-emu"]))
 @click.option("--folder", type=click.Path(path_type=Path),
               help="Where the userland lives [default: $EDGECNN_CACHE or ~/.cache/edgecnn, /arm64-emu].")
-@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror.")
+@click.option("--mirror", help="Debian mirror [default: http://deb.debian.org/debian].")
 @click.option("--from-tarball", type=click.Path(path_type=Path), help="Restore a userland saved with --save-tarball.")
 @click.option("--save-tarball", type=click.Path(path_type=Path), help="Also save the userland as a .tar.gz.")
 @click.option("--rebuild", is_flag=True, help="Build it again even when one exists.")
-def device_setup(name: str, folder: Path | None, mirror: str, from_tarball: Path | None, save_tarball: Path | None,
-                 rebuild: bool) -> None:
+def device_setup(name: str, folder: Path | None, mirror: str | None, from_tarball: Path | None,
+                 save_tarball: Path | None, rebuild: bool) -> None:
     """Build (or restore) the emulated Raspberry Pi OS userland: Debian bookworm arm64, Python 3.11 and the
     edgecnn runtime with its Arm wheels, run by qemu-user as a Cortex-A72 (Pi 4) or Cortex-A76 (Pi 5)."""
-    from edgecnn.bench.arm64_emu import CPUS, check_userland, setup_userland
+    from edgecnn.bench.arm64_emu import DEFAULT_MIRROR, setup_userland
 
-    userland = setup_userland(folder, mirror=mirror, from_tarball=from_tarball, save_tarball=save_tarball,
-                              rebuild=rebuild, log=lambda line: console.print(f"[dim]{line}[/dim]"))
-    for cpu in CPUS:
-        facts = check_userland(userland, cpu)
-        console.print(f"arm64-emu:{cpu}: Python {facts['python']} {facts['arch']}, onnxruntime "
-                      f"{facts['onnxruntime']}, numpy {facts['numpy']}, no torch")
+    userland = setup_userland(folder, mirror=mirror or DEFAULT_MIRROR, from_tarball=from_tarball,
+                              save_tarball=save_tarball, rebuild=rebuild, log=console.print)
     console.print(f"ready in {userland.folder}: edgecnn bench MODEL --device arm64-emu[:cortex-a76] --dataset NAME")
 
 
@@ -521,7 +515,8 @@ def device_list(json_path: Path | None) -> None:
     """Device profiles: peak int8/fp32 MAC rates, the published measurement each estimate is calibrated on."""
     from dataclasses import asdict
 
-    from edgecnn.bench.profiles import MOBILENET_V2_MACS, PROFILES
+    from edgecnn.bench.machine import machine_info
+    from edgecnn.bench.profiles import MOBILENET_V2_MACS, PROFILES, measured_profile
 
     threads = max(p.cores for p in PROFILES.values())
     table = Table(title=f"device profiles (bench --estimate NAME); MobileNetV2 estimates at {threads} threads")
@@ -532,6 +527,11 @@ def device_list(json_path: Path | None) -> None:
         table.add_row(p.name, p.title, f"{p.peak_macs_per_s('float32', p.cores) / 1e9:.1f} GMAC/s",
                       f"{p.peak_macs_per_s('int8', p.cores) / 1e9:.1f} GMAC/s",
                       *(f"≈{ms:.1f} ms" for ms in estimates), p.basis())
+    host = measured_profile(machine_info())
+    if host is not None:
+        table.add_row("(this host)", host.title, f"{host.peak_macs_per_s('float32', host.cores) / 1e9:.1f} GMAC/s",
+                      f"{host.peak_macs_per_s('int8', host.cores) / 1e9:.1f} GMAC/s", "measure it:", "edgecnn bench",
+                      host.describe())
     console.print(table)
     cores = {p.core.name: p.core for p in PROFILES.values()}.values()
     console.print("peak = cores × GHz × MACs/cycle/core; per-cycle rates: "

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgecnn import __version__
+from edgecnn.atomic import write_json
 from edgecnn.errors import EdgeCNNError, first_line
 
 SUITE = "bookworm"  # Raspberry Pi OS (64-bit) is Debian bookworm arm64 with Python 3.11
@@ -44,6 +45,8 @@ WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinu
 # Host paths the guest must see as the host's own: never shadow them with the userland's.
 HOST_ONLY = {"proc", "dev", "sys", "tmp", "run", "home", "root", "mnt", "media"}
 QEMU_NAMES = ("qemu-aarch64-static", "qemu-aarch64")
+CORES = 4  # both Pis
+MARKER = "userland.json"  # written last, removed first: its presence means the userland is complete
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class EmulatedCpu:
     features: str
     board_revision: str
 
-    def cpuinfo(self, cores: int = 4) -> str:
+    def cpuinfo(self, cores: int = CORES) -> str:
         block = (f"BogoMIPS\t: 108.00\nFeatures\t: {self.features}\nCPU implementer\t: 0x41\n"
                  f"CPU architecture: 8\nCPU variant\t: {self.variant}\nCPU part\t: {self.part}\n"
                  f"CPU revision\t: {self.revision}\n")
@@ -115,7 +118,11 @@ class Userland:
 
     @property
     def record(self) -> dict:
-        return json.loads((self.folder / "userland.json").read_text())
+        try:
+            return json.loads((self.folder / MARKER).read_text())
+        except (OSError, ValueError):
+            raise EdgeCNNError(f"{self.folder / MARKER} is unreadable: rebuild the userland with "
+                               "`edgecnn device setup arm64-emu --rebuild`") from None
 
     def view(self, cpu: str) -> Path:
         return self.folder / "views" / cpu
@@ -140,7 +147,7 @@ def open_userland(folder: Path | None = None) -> Userland:
     """The userland `edgecnn device setup arm64-emu` made, or a clear error saying how to make it."""
     qemu = find_qemu()
     folder = folder or default_folder()
-    if not (folder / "userland.json").is_file():
+    if not (folder / MARKER).is_file():
         raise EdgeCNNError(f"no arm64 userland in {folder}: run `edgecnn device setup arm64-emu` first")
     return Userland(folder, qemu)
 
@@ -155,7 +162,7 @@ def setup_userland(folder: Path | None = None, *, mirror: str = DEFAULT_MIRROR, 
     if from_tarball is not None:
         log(f"restoring the userland from {from_tarball}")
         _restore(from_tarball, folder)
-    elif rebuild or not (folder / "userland.json").is_file():
+    elif rebuild or not (folder / MARKER).is_file():
         _build(folder, mirror, log)
     elif userland.record.get("wheels") != runtime_requirements():
         log("this host's runtime versions changed since the userland was built: building it again")
@@ -166,8 +173,9 @@ def setup_userland(folder: Path | None = None, *, mirror: str = DEFAULT_MIRROR, 
     for cpu in CPUS.values():
         _write_view(folder, cpu)
     for cpu in CPUS:
-        log(f"checking the runtime on emulated {cpu} ({PI_NAMES[cpu]})")
-        check_userland(userland, cpu)
+        facts = check_userland(userland, cpu)
+        log(f"arm64-emu:{cpu} ({PI_NAMES[cpu]}): Python {facts['python']} {facts['arch']}, onnxruntime "
+            f"{facts['onnxruntime']}, numpy {facts['numpy']}, no torch")
     if save_tarball is not None:
         log(f"saving the userland to {save_tarball}")
         _save(folder, save_tarball)
@@ -220,10 +228,11 @@ def _build(folder: Path, mirror: str, log: Callable[[str], None]) -> None:
               "--implementation=cp", "--abi=cp311", *requirements], "pip")
         record = {"suite": SUITE, "arch": "arm64", "python": "3.11", "mirror": mirror,
                   "packages": list(DEBIAN_PACKAGES), "wheels": requirements}
+        (folder / MARKER).unlink(missing_ok=True)
         if (folder / "rootfs").exists():
             shutil.rmtree(folder / "rootfs")
         rootfs.rename(folder / "rootfs")
-        (folder / "userland.json").write_text(json.dumps(record, indent=2) + "\n")  # last: marks it complete
+        write_json(folder / MARKER, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -231,8 +240,13 @@ def _build(folder: Path, mirror: str, log: Callable[[str], None]) -> None:
 def runtime_requirements() -> list[str]:
     """edgecnn's runtime dependencies, pinned to the versions this host runs, so Arm and x86 compare like
     for like."""
+    try:
+        declared = metadata.requires("edgecnn") or []
+    except metadata.PackageNotFoundError:
+        raise EdgeCNNError("edgecnn is not installed as a package (its dependency list is unknown): "
+                           "pip install edgecnn, or pip install -e . in a checkout") from None
     wanted = []
-    for line in metadata.requires("edgecnn") or []:
+    for line in declared:
         spec, _, marker = line.partition(";")
         if "extra ==" in marker:
             continue
@@ -275,7 +289,7 @@ def _save(folder: Path, tarball: Path) -> None:
 
     with atomic_path(tarball) as tmp, tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
         tar.add(folder / "rootfs", "rootfs")
-        tar.add(folder / "userland.json", "userland.json")
+        tar.add(folder / MARKER, MARKER)
 
 
 def _restore(tarball: Path, folder: Path) -> None:
@@ -287,19 +301,20 @@ def _restore(tarball: Path, folder: Path) -> None:
         try:
             with tarfile.open(tarball) as tar:
                 names = tar.getnames()
-                if "userland.json" not in names or "rootfs" not in names:
+                if MARKER not in names or "rootfs" not in names:
                     raise EdgeCNNError(f"{tarball}: not a userland saved by edgecnn (no rootfs/ and userland.json)")
-                tar.extractall(work, filter="tar")
+                # The `tar` filter (Python ≥ 3.11.4 / 3.10.12) refuses members outside `work`.
+                tar.extractall(work, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
         except (tarfile.TarError, OSError) as e:
             raise EdgeCNNError(f"{tarball}: cannot unpack the userland: {first_line(e)}") from None
-        for name in ("rootfs", "userland.json"):
+        for name in (MARKER, "rootfs"):
             old = folder / name
             if old.is_dir():
                 shutil.rmtree(old)
             elif old.exists():
                 old.unlink()
         (work / "rootfs").rename(folder / "rootfs")
-        (work / "userland.json").rename(folder / "userland.json")
+        (work / MARKER).rename(folder / MARKER)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -348,8 +363,14 @@ class Arm64EmuTarget:
                                         env={k: str(variant.threads) for k in THREAD_ENV})
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"no result within {self.timeout:.0f} s under emulation"}
-        result = parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
-        if "machine" in result:
-            result["machine"]["emulation"] = (f"qemu-user {self.cpu} ({PI_NAMES[self.cpu]} userland, Debian "
-                                              f"{SUITE} arm64): functional only, times are not latency")
-        return result
+        return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
+
+    def guest_machine(self, machine: dict) -> dict:
+        """The header for emulated rows: what the guest saw of its CPU, without the host's facts that fall
+        through the userland view (its clock, governor, temperature and core count are not a Pi's)."""
+        host_facts = ("governor", "max_mhz", "mhz", "temperature_c", "throttled", "cores_usable", "board")
+        guest = {k: v for k, v in machine.items() if k not in host_facts}
+        guest["cores"] = CORES
+        guest["emulation"] = (f"qemu-user {self.cpu} ({PI_NAMES[self.cpu]} userland, Debian {SUITE} arm64): "
+                              "functional only, times are not latency")
+        return guest

@@ -148,7 +148,7 @@ def file_macs(path: Path) -> int | None:
 
     try:
         return sum(layer.macs for layer in file_layers(path)) or None
-    except EdgeCNNError:
+    except Exception:  # an op this counter does not know: MACs stay unknown, the benchmark goes on
         return None
 
 
@@ -381,6 +381,7 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
         score(rows, outputs, held_out.labels, references)
     machine = next((r["machine"] for rs in results.values() for r in rs if "machine" in r), {})
     if emulated:
+        machine = target.guest_machine(machine)
         mark_emulated(rows, target, compared=held_out is not None)
     else:
         mark_fastest(rows)
@@ -402,17 +403,18 @@ def estimate_rows(rows: list[BenchRow], profiles: list[DeviceProfile]) -> list[B
     estimates = []
     seen = set()
     for row in rows:
-        if row.format == "pytorch" or row.status == "estimated" or not row.macs:
+        if row.format == "pytorch" or row.status != "ok" or not row.macs:
             continue
         for profile in profiles:
-            key = (row.path, row.threads, row.batch, profile.name)
+            threads = min(row.threads, profile.cores)
+            key = (row.path, threads, row.batch, profile.name)
             if key in seen:
                 continue
             seen.add(key)
-            ms = profile.estimate_ms(row.macs * row.batch, row.precision, row.threads)
+            ms = profile.estimate_ms(row.macs * row.batch, row.precision, threads)
             if ms is None:
                 continue
-            estimates.append(BenchRow(row.model, row.format, row.precision, "estimate", profile.name, row.threads,
+            estimates.append(BenchRow(row.model, row.format, row.precision, "estimate", profile.name, threads,
                                       row.batch, status="estimated", estimated_ms=ms, size_bytes=row.size_bytes,
                                       macs=row.macs, path=row.path,
                                       note=f"{profile.name} estimate (not measured): MACs ÷ calibrated efficiency; "

@@ -66,8 +66,13 @@ def cpu_description(text: str) -> dict:
     if "model name" in first:
         model = first["model name"]
         isa = [f for f in X86_FEATURES if f in flags]
+        described = {"cpu": model, "isa": isa}
+        cores = {(p.get("physical id"), p.get("core id")) for p in processors if "core id" in p}
+        if cores:  # hyper-threads share their core's SIMD units: peak rates count physical cores
+            described["physical_cores"] = len(cores)
         if first.get("cpu MHz"):  # the current clock: the only one a VM shows (no cpufreq there)
-            return {"cpu": model, "isa": isa, "mhz": round(float(first["cpu MHz"]))}
+            described["mhz"] = round(float(first["cpu MHz"]))
+        return described
     else:
         parts = [ARM_PARTS.get(p.get("CPU part", ""), p.get("CPU part", "?")) for p in processors]
         counts = {name: parts.count(name) for name in dict.fromkeys(parts)}

@@ -101,8 +101,8 @@ class DeviceProfile:
         return c.fp32_ms / c.int8_ms
 
     def describe(self) -> str:
-        return (f"{self.cores} cores × {self.ghz:.2f} GHz × {self.core.fp32_per_cycle} fp32 / "
-                f"{self.core.int8_per_cycle} int8 MACs per cycle ({self.core.source})")
+        return (f"{self.title}: {self.core.fp32_per_cycle} fp32 / {self.core.int8_per_cycle} int8 MACs per cycle "
+                f"per core ({self.core.source})")
 
     def basis(self) -> str:
         c = self.calibration
@@ -159,7 +159,7 @@ def measured_profile(machine: dict) -> DeviceProfile | None:
     None when the clock or the core type is unknown."""
     cpu, isa = machine.get("cpu", ""), machine.get("isa", [])
     mhz = machine.get("max_mhz") or machine.get("mhz")
-    cores = machine.get("cores_usable") or machine.get("cores") or 1
+    cores = min(machine.get("physical_cores") or 10**6, machine.get("cores_usable") or machine.get("cores") or 1)
     if machine.get("arch") in ("x86_64", "AMD64"):
         core = x86_core(isa)
     else:
@@ -167,7 +167,9 @@ def measured_profile(machine: dict) -> DeviceProfile | None:
         core = CORES.get(max(set(names), key=names.count)) if names else None
     if core is None or not mhz:
         return None
-    return DeviceProfile("measured", cpu, core, int(cores), float(mhz) / 1000)
+    clock = "max clock" if machine.get("max_mhz") else "current clock from /proc/cpuinfo (turbo or idle skew eff.)"
+    return DeviceProfile("measured", f"{cpu}, {cores} cores @ {float(mhz) / 1000:.2f} GHz ({clock})", core,
+                         int(cores), float(mhz) / 1000)
 
 
 def efficiency(macs: int | None, median_ms: float | None, precision: str, threads: int,
