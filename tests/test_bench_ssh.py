@@ -2,6 +2,7 @@
 
 import getpass
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,11 @@ def test_bench_over_ssh_matches_local(sshd, digits_int8, tmp_path):
     assert local.returncode == 0, local.stderr
     remote_rows = json.loads((tmp_path / "remote.json").read_text())["results"]
     local_rows = json.loads((tmp_path / "local.json").read_text())["results"]
+    device = json.loads((tmp_path / "remote.json").read_text())["machine"]
+    for field, source in (("board", "/proc/device-tree/model"), ("throttled", None),
+                          ("governor", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")):
+        present = shutil.which("vcgencmd") is not None if source is None else os.path.exists(source)
+        assert (field in device) == present, device  # this host is no Pi: absent, not guessed
     for r, here in zip(remote_rows, local_rows, strict=True):
         assert r["device"] == _url(port) and r["status"] == "ok" and r["runs"] >= 20
         assert r["backend"] == here["backend"] and r["accuracy"] == here["accuracy"] and r["accuracy"] > 0.85

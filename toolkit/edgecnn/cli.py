@@ -293,7 +293,11 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--input-shape", help="Input shape for models with dynamic dimensions, e.g. 1,3,224,224.")
 @click.option("--profile", is_flag=True, help="Per-op times (onnxruntime profiler; benchmark_model on adb).")
 @click.option("--device", default="local", show_default=True,
-              help="local, cuda, ssh://[user@]host[:port] or adb[:SERIAL].")
+              help="local, cuda, ssh://[user@]host[:port], adb[:SERIAL] or arm64-emu[:cortex-a72|cortex-a76] "
+                   "(an emulated Pi 4/Pi 5 userland: functional runs compared with x86, no timing).")
+@click.option("--estimate", "estimate_profiles",
+              help="Also estimate latency on devices that are not attached: pi4,pi5,phone-a76,phone-a55 or all "
+                   "(see `edgecnn device list`).")
 @click.option("--all-formats", is_flag=True,
               help="For a checkpoint: export ONNX and TFLite, float32 and int8, and benchmark them all with it.")
 @click.option("--export-dir", type=click.Path(path_type=Path),
@@ -316,15 +320,18 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Latency-vs-accuracy PNG.")
 def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, images_dir, samples, reference,
-          input_shape, profile, device, all_formats, export_dir, max_accuracy_drop, target, remote_python, ssh_key,
-          ssh_config, ssh_insecure, benchmark_model, cores, timeout, no_verify, json_path, csv_path, md_path,
-          plot_path) -> None:
+          input_shape, profile, device, estimate_profiles, all_formats, export_dir, max_accuracy_drop, target,
+          remote_python, ssh_key, ssh_config, ssh_insecure, benchmark_model, cores, timeout, no_verify, json_path,
+          csv_path, md_path, plot_path) -> None:
     """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
     from edgecnn.bench import BenchOptions, benchmark, make_target
+    from edgecnn.bench.harness import estimate_rows
+    from edgecnn.bench.profiles import parse_profiles
     from edgecnn.bench.report import print_bench_table, require_matplotlib, write_outputs
 
     if plot_path:
         require_matplotlib()  # before minutes of measuring, not after
+    profiles = parse_profiles(estimate_profiles) if estimate_profiles else []
 
     options = BenchOptions(_int_list(threads, "--threads"), runs, warmup, min_seconds, batch, rounds, dataset,
                            images_dir, samples, _int_list(input_shape, "--input-shape") if input_shape else None,
@@ -346,15 +353,17 @@ def bench(models, threads, runs, warmup, min_seconds, batch, rounds, dataset, im
         models += exported
         options.dataset = options.dataset or (None if images_dir else _checkpoint_dataset(models[0]))
     rows, machine = benchmark(models, options, target_device, console)
-    rows += failed_exports
+    rows += failed_exports + estimate_rows(rows, profiles)
     notes = []
     if (options.dataset or options.images) and all(r.agreement is None for r in rows):
         notes.append("agreement: no float reference among these models; give --reference FLOAT_MODEL")
+    if machine.get("peak") and any(r.efficiency is not None for r in rows):
+        notes.append(f"eff.: peak = {machine['peak']}")
     print_bench_table(console, rows, machine, notes)
     options_record = {"threads": list(options.threads), "runs": runs, "warmup": warmup, "min_seconds": min_seconds,
                       "batch": batch, "rounds": rounds, "dataset": options.dataset,
                       "images": str(images_dir) if images_dir else None, "samples": samples,
-                      "device": device}
+                      "device": device, "estimate": [p.name for p in profiles]}
     for path in write_outputs(rows, machine, options_record, notes, json_path, csv_path, md_path, plot_path):
         console.print(f"wrote {path}")
     broken = [r for r in rows if r.status.startswith("failed")]
@@ -480,6 +489,63 @@ def info(model_path: Path, as_json: bool, no_verify: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_model_summary(console, summary)
+
+
+@cli.group()
+def device() -> None:
+    """Devices to run on: the emulated Pi userland, and the profiles behind `bench --estimate`."""
+
+
+@device.command(name="setup")
+@click.argument("name", type=click.Choice(["arm64-emu"]))
+@click.option("--folder", type=click.Path(path_type=Path),
+              help="Where the userland lives [default: $EDGECNN_CACHE or ~/.cache/edgecnn, /arm64-emu].")
+@click.option("--mirror", help="Debian mirror [default: http://deb.debian.org/debian].")
+@click.option("--from-tarball", type=click.Path(path_type=Path), help="Restore a userland saved with --save-tarball.")
+@click.option("--save-tarball", type=click.Path(path_type=Path), help="Also save the userland as a .tar.gz.")
+@click.option("--rebuild", is_flag=True, help="Build it again even when one exists.")
+def device_setup(name: str, folder: Path | None, mirror: str | None, from_tarball: Path | None,
+                 save_tarball: Path | None, rebuild: bool) -> None:
+    """Build (or restore) the emulated Raspberry Pi OS userland: Debian bookworm arm64, Python 3.11 and the
+    edgecnn runtime with its Arm wheels, run by qemu-user as a Cortex-A72 (Pi 4) or Cortex-A76 (Pi 5)."""
+    from edgecnn.bench.arm64_emu import DEFAULT_MIRROR, setup_userland
+
+    userland = setup_userland(folder, mirror=mirror or DEFAULT_MIRROR, from_tarball=from_tarball,
+                              save_tarball=save_tarball, rebuild=rebuild, log=console.print)
+    console.print(f"ready in {userland.folder}: edgecnn bench MODEL --device arm64-emu[:cortex-a76] --dataset NAME")
+
+
+@device.command(name="list")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the profiles as JSON.")
+def device_list(json_path: Path | None) -> None:
+    """Device profiles: peak int8/fp32 MAC rates, the published measurement each estimate is calibrated on."""
+    from dataclasses import asdict
+
+    from edgecnn.bench.machine import machine_info
+    from edgecnn.bench.profiles import MOBILENET_V2_MACS, PROFILES, measured_profile
+
+    threads = max(p.cores for p in PROFILES.values())
+    table = Table(title=f"device profiles (bench --estimate NAME); MobileNetV2 estimates at {threads} threads")
+    for column in ("name", "device", "peak fp32", "peak int8", "MobileNetV2 fp32", "int8", "basis"):
+        table.add_column(column, overflow="fold")
+    for p in PROFILES.values():
+        estimates = [p.estimate_ms(MOBILENET_V2_MACS, kind, p.cores) for kind in ("float32", "int8")]
+        table.add_row(p.name, p.title, f"{p.peak_macs_per_s('float32', p.cores) / 1e9:.1f} GMAC/s",
+                      f"{p.peak_macs_per_s('int8', p.cores) / 1e9:.1f} GMAC/s",
+                      *(f"≈{ms:.1f} ms" for ms in estimates), p.basis())
+    host = measured_profile(machine_info())
+    if host is not None:
+        table.add_row("(this host)", host.title, f"{host.peak_macs_per_s('float32', host.cores) / 1e9:.1f} GMAC/s",
+                      f"{host.peak_macs_per_s('int8', host.cores) / 1e9:.1f} GMAC/s", "measure it:", "edgecnn bench",
+                      host.describe())
+    console.print(table)
+    cores = {p.core.name: p.core for p in PROFILES.values()}.values()
+    console.print("peak = cores × GHz × MACs/cycle/core; per-cycle rates: "
+                  + "; ".join(f"{c.name}: {c.source}" for c in cores))
+    _write_json(json_path, {name: {**asdict(p), "basis": p.basis(), "int8_speedup": p.int8_speedup,
+                                   "mobilenet_v2_ms": {kind: p.estimate_ms(MOBILENET_V2_MACS, kind, p.cores)
+                                                       for kind in ("float32", "int8")}}
+                            for name, p in PROFILES.items()})
 
 
 def main() -> None:

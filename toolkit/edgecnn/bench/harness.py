@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.bench.profiles import DeviceProfile, efficiency, measured_profile
 from edgecnn.bench.runner import LatencyStats, decode_array
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
@@ -91,6 +92,8 @@ class BenchRow:
     accuracy: float | None = None
     agreement: float | None = None
     max_abs_diff: float | None = None
+    efficiency: float | None = None  # MACs ÷ (the device's peak MAC rate × median latency)
+    estimated_ms: float | None = None  # a device profile's estimate, for a device that is not attached
     fastest: bool = False
     path: str = ""
     profile: list[dict] | None = None
@@ -139,11 +142,21 @@ def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     # Refuses truncated, foreign or (with verify) corrupted files before any runtime sees them.
     model_file = read_model_file(path, verify=options.verify)
     shape = resolve_input_shape(model_file, options.batch, options.input_shape)
-    macs = ((model_file.card or {}).get("source") or {}).get("macs")
+    macs = ((model_file.card or {}).get("source") or {}).get("macs") or file_macs(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if options.verify else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
                     size_bytes=path.stat().st_size, sha256=digest, note="; ".join(model_file.notes))
             for t in options.threads]
+
+
+def file_macs(path: Path) -> int | None:
+    """MACs per image counted from the file's conv and dense layers, for files without an edgecnn card."""
+    from edgecnn.runtime.layers import file_layers
+
+    try:
+        return sum(layer.macs for layer in file_layers(path)) or None
+    except Exception:  # an op this counter does not know: MACs stay unknown, the benchmark goes on
+        return None
 
 
 def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[Variant]:
@@ -278,15 +291,16 @@ def _reference_index(variants: list[Variant], options: BenchOptions) -> int | No
 
 
 def score(rows: list[BenchRow], outputs: dict[int, np.ndarray], labels: np.ndarray | None,
-          reference: int | None) -> None:
-    """Accuracy against the labels and top-1 agreement / max |difference| against the reference row."""
-    ref = outputs.get(reference) if reference is not None else None
+          references: dict[int, np.ndarray]) -> None:
+    """Accuracy against the labels, and top-1 agreement / max |difference| of each row against its reference
+    outputs (the float model's; under emulation, the same file's on this x86 host)."""
     for i, row in enumerate(rows):
         out = outputs.get(i)
         if out is None:
             continue
         if labels is not None and out.shape[1] > labels.max():
             row.accuracy = float((out.argmax(1) == labels).mean())
+        ref = references.get(i)
         if ref is not None and ref.shape == out.shape:
             row.agreement = float((out.argmax(1) == ref.argmax(1)).mean())
             row.max_abs_diff = float(np.abs(out - ref).max())
@@ -303,8 +317,49 @@ def mark_fastest(rows: list[BenchRow]) -> None:
             min(group, key=lambda r: r.median_ms).fastest = True
 
 
+TIMING_FIELDS = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "load_ms", "first_ms",
+                 "throughput_ips", "peak_rss_mb")
+
+
+def mark_emulated(rows: list[BenchRow], target, compared: bool) -> None:
+    """Emulated time is not latency: no timing field survives, and the note says what the row does show."""
+    for row in rows:
+        for name in TIMING_FIELDS:
+            setattr(row, name, None)
+        row.note = f"{target.name}: emulated, functional only (times are not latency); " + (
+            "agree / max |diff|: against the same file on this x86 host" if compared
+            else "give --dataset or --images to compare its answers with x86")
+        if row.format == "onnx" and row.precision != "float32":
+            row.note += "; int8 ONNX: x86's AVX2 U8S8 kernels round differently, the Arm result is the reference"
+
+
+def _outputs(results: dict[int, list[dict]]) -> dict[int, np.ndarray]:
+    return {i: decode_array(r[0]["outputs"]) for i, r in results.items() if r and r[0].get("outputs")}
+
+
+def _measure(variants: list[Variant], options: BenchOptions, target, console) -> dict[int, list[dict]]:
+    results: dict[int, list[dict]] = {i: [] for i in range(len(variants))}
+    with target:
+        for round_index in range(options.rounds):
+            for i, variant in enumerate(variants):
+                if console is not None:
+                    console.print(f"[dim]round {round_index + 1}/{options.rounds} on {target.name}: {variant.name} "
+                                  f"{variant.precision} threads={variant.threads} batch={variant.input_shape[0]}"
+                                  f"[/dim]")
+                job = job_for(variant, options)
+                job["inputs"] = job["inputs"] if round_index == 0 else None
+                results[i].append(target.run(variant, job))
+    return results
+
+
 def benchmark(paths: list[Path], options: BenchOptions, target, console=None) -> tuple[list[BenchRow], dict]:
-    """Measure every model at every thread count on `target`; returns (rows, the target machine's info)."""
+    """Measure every model at every thread count on `target`; returns (rows, the target machine's info).
+
+    On an emulated target each model runs once, on the emulated CPU and on this host, and the rows say how
+    the two agree instead of how fast either was."""
+    emulated = getattr(target, "emulated", False)
+    if emulated:
+        options = replace(options, runs=1, warmup=0, min_seconds=0.0, rounds=1, profile=False)
     if options.reference is not None and options.reference.resolve() not in {p.resolve() for p in paths}:
         paths = [*paths, options.reference]
     variants = variants_for(paths, options, target.device_kind)
@@ -316,21 +371,59 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
             held_out = (held_out_images(options.dataset, options.samples) if options.dataset
                         else folder_held_out(options.images, options.samples))
             variants = [replace(v, inputs=prepare_inputs(v, held_out, Path(folder))) for v in variants]
-        results: dict[int, list[dict]] = {i: [] for i in range(len(variants))}
-        with target:
-            for round_index in range(options.rounds):
-                for i, variant in enumerate(variants):
-                    if console is not None:
-                        console.print(f"[dim]round {round_index + 1}/{options.rounds}: {variant.name} "
-                                      f"{variant.precision} threads={variant.threads} batch={variant.input_shape[0]}"
-                                      f"[/dim]")
-                    job = job_for(variant, options)
-                    job["inputs"] = job["inputs"] if round_index == 0 else None
-                    results[i].append(target.run(variant, job))
+        results = _measure(variants, options, target, console)
+        host_results = None
+        if emulated and held_out is not None:
+            from edgecnn.bench.targets import LocalTarget
+
+            host_results = _measure(variants, options, LocalTarget(), console)
     rows = [row_from_results(v, results[i], target.name) for i, v in enumerate(variants)]
     if held_out is not None:
-        outputs = {i: decode_array(r[0]["outputs"]) for i, r in results.items() if r[0].get("outputs")}
-        score(rows, outputs, held_out.labels, _reference_index(variants, options))
-    mark_fastest(rows)
+        outputs = _outputs(results)
+        if host_results is not None:
+            references = _outputs(host_results)
+        else:
+            ref = _reference_index(variants, options)
+            references = {i: outputs[ref] for i in outputs} if ref in outputs else {}
+        score(rows, outputs, held_out.labels, references)
     machine = next((r["machine"] for rs in results.values() for r in rs if "machine" in r), {})
+    if emulated:
+        machine = target.guest_machine(machine)
+        mark_emulated(rows, target, compared=held_out is not None)
+    else:
+        mark_fastest(rows)
+        profile = measured_profile(machine) if target.device_kind != "cuda" else None
+        if profile is not None:
+            set_efficiency(rows, profile)
+            machine["peak"] = profile.describe()
     return rows, machine
+
+
+def set_efficiency(rows: list[BenchRow], profile: DeviceProfile | None) -> None:
+    for row in rows:
+        macs = row.macs * row.batch if row.macs else None
+        row.efficiency = efficiency(macs, row.median_ms, row.precision, row.threads, profile)
+
+
+def estimate_rows(rows: list[BenchRow], profiles: list[DeviceProfile]) -> list[BenchRow]:
+    """Estimated latency of each measured model file on each profile, at the rows' thread counts."""
+    estimates = []
+    seen = set()
+    for row in rows:
+        if row.format == "pytorch" or row.status != "ok" or not row.macs:
+            continue
+        for profile in profiles:
+            threads = min(row.threads, profile.cores)
+            key = (row.path, threads, row.batch, profile.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            ms = profile.estimate_ms(row.macs * row.batch, row.precision, threads)
+            if ms is None:
+                continue
+            estimates.append(BenchRow(row.model, row.format, row.precision, "estimate", profile.name, threads,
+                                      row.batch, status="estimated", estimated_ms=ms, size_bytes=row.size_bytes,
+                                      macs=row.macs, path=row.path,
+                                      note=f"{profile.name} estimate (not measured): MACs ÷ calibrated efficiency; "
+                                           f"{profile.basis()}"))
+    return estimates

@@ -66,6 +66,13 @@ def cpu_description(text: str) -> dict:
     if "model name" in first:
         model = first["model name"]
         isa = [f for f in X86_FEATURES if f in flags]
+        described = {"cpu": model, "isa": isa}
+        cores = {(p.get("physical id"), p.get("core id")) for p in processors if "core id" in p}
+        if cores:  # hyper-threads share their core's SIMD units: peak rates count physical cores
+            described["physical_cores"] = len(cores)
+        if first.get("cpu MHz"):  # the current clock: the only one a VM shows (no cpufreq there)
+            described["mhz"] = round(float(first["cpu MHz"]))
+        return described
     else:
         parts = [ARM_PARTS.get(p.get("CPU part", ""), p.get("CPU part", "?")) for p in processors]
         counts = {name: parts.count(name) for name in dict.fromkeys(parts)}
@@ -99,18 +106,22 @@ def _versions() -> dict:
     return found
 
 
-def machine_info() -> dict:
+def machine_info(root: str = "/") -> dict:
+    """This machine's facts; `root` reads /proc and /sys from a copy of another machine's (tests)."""
+    def read(path: str) -> str | None:
+        return _read(os.path.join(root, path.lstrip("/")))
+
     info: dict = {"host": platform.node(), "arch": platform.machine(), "os": platform.platform(),
                   "python": platform.python_version()}
-    info.update(cpu_description(_read("/proc/cpuinfo") or ""))
+    info.update(cpu_description(read("/proc/cpuinfo") or ""))
     info["cores"] = os.cpu_count()
     if hasattr(os, "sched_getaffinity"):
         info["cores_usable"] = len(os.sched_getaffinity(0))
     optional = {
-        "board": _read("/proc/device-tree/model"),
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "max_mhz": _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
-        "temperature_c": _read("/sys/class/thermal/thermal_zone0/temp"),
+        "board": read("/proc/device-tree/model"),
+        "governor": read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "max_mhz": read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
+        "temperature_c": read("/sys/class/thermal/thermal_zone0/temp"),
         "throttled": _throttled(),
     }
     if optional["max_mhz"]:

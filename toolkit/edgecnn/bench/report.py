@@ -16,7 +16,7 @@ from edgecnn.bench.harness import BenchRow
 from edgecnn.errors import EdgeCNNError
 
 COLUMNS = ("model", "format", "prec.", "backend", "thr", "batch", "status", "size", "median ms", "p90 ms", "p99 ms",
-           "img/s", "load ms", "1st ms", "RSS MB", "MACs", "accuracy", "agree")
+           "img/s", "load ms", "1st ms", "RSS MB", "MACs", "eff.", "accuracy", "agree")
 CSV_FIELDS = [f.name for f in fields(BenchRow) if f.name != "profile"]
 
 
@@ -42,10 +42,14 @@ def _macs(n: int | None) -> str:
 
 def row_cells(r: BenchRow) -> list[str]:
     name = f"{r.model} ★" if r.fastest else r.model
-    return [name, r.format, r.precision, r.backend or "—", str(r.threads), str(r.batch), r.status,
-            _size(r.size_bytes), _num(r.median_ms), _num(r.p90_ms), _num(r.p99_ms), _num(r.throughput_ips, 1),
-            _num(r.load_ms, 1), _num(r.first_ms, 2), _num(r.peak_rss_mb, 1), _macs(r.macs), _pct(r.accuracy),
-            _pct(r.agreement)]
+    if r.estimated_ms is not None:  # never in the measured columns' own format: an estimate reads as one
+        status, median = f"est. {r.device}", f"≈{r.estimated_ms:.3g}"
+    else:
+        status, median = r.status, _num(r.median_ms)
+    return [name, r.format, r.precision, r.backend or "—", str(r.threads), str(r.batch), status,
+            _size(r.size_bytes), median, _num(r.p90_ms), _num(r.p99_ms), _num(r.throughput_ips, 1),
+            _num(r.load_ms, 1), _num(r.first_ms, 2), _num(r.peak_rss_mb, 1), _macs(r.macs),
+            "—" if r.efficiency is None else f"{r.efficiency:.1%}", _pct(r.accuracy), _pct(r.agreement)]
 
 
 def machine_line(machine: dict, device: str = "") -> str:
@@ -54,6 +58,8 @@ def machine_line(machine: dict, device: str = "") -> str:
     for key, label in (("board", ""), ("governor", "governor "), ("temperature_c", "temp "), ("gpu", "")):
         if machine.get(key) is not None:
             parts.append(f"{label}{machine[key]}" + ("°C" if key == "temperature_c" else ""))
+    if machine.get("emulation"):
+        parts.append(machine["emulation"])
     if machine.get("throttled"):
         flags = machine["throttled"]["flags"]
         parts.append(f"throttled {machine['throttled']['raw']}" + (f" ({', '.join(flags)})" if flags else ""))
@@ -68,8 +74,12 @@ def print_bench_table(console: Console, rows: list[BenchRow], machine: dict, not
     for r in rows:
         table.add_row(*row_cells(r))
     console.print(table)
+    emulated = "emulation" in machine
     console.print("latency per batch (ms), median of the timed runs; ★ fastest at its thread count; size: K/M "
-                  "bytes; agree: same top-1 as the float reference")
+                  "bytes; eff.: MACs ÷ (peak MAC rate × latency); ≈: an estimate from a device profile, not a "
+                  "measurement; agree: same top-1 as "
+                  + ("the same file on this x86 host (emulated rows carry no times)" if emulated
+                     else "the float reference"))
     for note in dict.fromkeys(r.note for r in rows if r.note):
         console.print(note)
     for r in rows:

@@ -200,16 +200,22 @@ class SSHTarget:
 def make_target(device: str, *, python: str = "python3", key: Path | None = None, config: Path | None = None,
                 insecure: bool = False, benchmark_model: Path | None = None, cores: str | None = None,
                 timeout: float = 900):
-    """The target named by --device: local, cuda, ssh://[user@]host[:port] or adb[:SERIAL]."""
+    """The target named by --device: local, cuda, ssh://[user@]host[:port], adb[:SERIAL] or
+    arm64-emu[:CPU]."""
     from edgecnn.errors import closest
 
     if device in ("local", "cuda"):
         return LocalTarget(device, timeout)
     if device.startswith("ssh://"):
         return SSHTarget(device, python, key, config, insecure, timeout)
+    if device == "arm64-emu" or device.startswith("arm64-emu:"):
+        from edgecnn.bench.arm64_emu import Arm64EmuTarget
+
+        return Arm64EmuTarget(device, timeout)
     if device == "adb" or device.startswith("adb:"):
         from edgecnn.bench.adb import ADBTarget
 
         return ADBTarget(device, benchmark_model, cores, timeout)
-    raise EdgeCNNError(f"unknown --device '{device}'{closest(device, ('local', 'cuda', 'adb'))}; use local, cuda, "
-                       "ssh://[user@]host[:port] or adb[:SERIAL]")
+    known = ("local", "cuda", "adb", "arm64-emu")
+    raise EdgeCNNError(f"unknown --device '{device}'{closest(device, known)}; use local, "
+                       "cuda, ssh://[user@]host[:port], adb[:SERIAL] or arm64-emu[:cortex-a72|cortex-a76]")

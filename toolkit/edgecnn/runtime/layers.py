@@ -34,10 +34,17 @@ class LayerRow:
     note: str = ""
 
 
-def conv_macs(output: list[int], in_channels: int, groups: int, kernel: list[int], channels_last: bool) -> int:
-    out_channels = output[-1] if channels_last else output[1]
-    spatial = int(np.prod(output[1:-1] if channels_last else output[2:]))
-    return output[0] * spatial * out_channels * (in_channels // groups) * int(np.prod(kernel))
+def per_image(dims: list) -> int:
+    """The product of an output's dimensions after the batch one; 0 (unknown) when one of them is symbolic."""
+    rest = list(dims[1:])
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        return 0
+    return int(np.prod(rest)) if rest else 1
+
+
+def conv_macs(output: list[int], in_channels: int, groups: int, kernel: list[int]) -> int:
+    """Multiply-accumulates of one image (whatever the file's batch dimension says)."""
+    return per_image(output) * (in_channels // groups) * int(np.prod(kernel))
 
 
 def file_layers(path: str | Path) -> list[LayerRow]:
@@ -81,7 +88,7 @@ def _tflite_layers(path: Path) -> list[LayerRow]:
             in_channels = row.input[-1] if row.input else 0
             groups = in_channels if kind == "DEPTHWISE_CONV_2D" else max(1, in_channels // max(1, weight[3]))
             row.groups = groups
-            row.macs = conv_macs(row.output, in_channels, groups, row.kernel, channels_last=True)
+            row.macs = conv_macs(row.output, in_channels, groups, row.kernel)
             options = (schema.Conv2DOptions if kind == "CONV_2D" else schema.DepthwiseConv2DOptions)()
             table = op.BuiltinOptions()
             if table is not None:
@@ -90,7 +97,7 @@ def _tflite_layers(path: Path) -> list[LayerRow]:
                 row.padding = "same" if options.Padding() == schema.Padding.SAME else "valid"
         elif kind == "FULLY_CONNECTED" and len(ins) > 1:
             out_features, in_features = shape(ins[1])
-            row.macs = int(np.prod(row.output[:-1] or [1])) * out_features * in_features
+            row.macs = per_image(row.output[:-1]) * out_features * in_features
         rows.append(row)
     return rows
 
@@ -135,11 +142,11 @@ def _onnx_layers(path: Path) -> list[LayerRow]:
         if weight is not None and row.output:
             row.kernel, row.groups = list(weight.shape[2:]), int(attrs.get("group", 1))
             row.stride, row.padding = list(attrs.get("strides", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0]))
-            row.macs = conv_macs(row.output, weight.shape[1] * row.groups, row.groups, row.kernel, False)
+            row.macs = conv_macs(row.output, weight.shape[1] * row.groups, row.groups, row.kernel)
         elif node.op_type in ("Gemm", "MatMul") and row.output and consts:
             w = consts[0]
             if w.ndim == 2:
-                row.macs = int(np.prod(row.output[:-1] or [1])) * w.shape[0] * w.shape[1]
+                row.macs = per_image(row.output[:-1]) * w.shape[0] * w.shape[1]
         rows.append(row)
     return rows
 
