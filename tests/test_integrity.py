@@ -48,10 +48,11 @@ def test_refusal_is_one_line_naming_the_file_and_the_way_out(digits_int8, tmp_pa
     damaged = tmp_path / "m_int8.tflite"
     kind, copy = next(corruptions(digits_int8["tflite"].read_bytes(), 1, seed=3))
     damaged.write_bytes(copy)
-    for verb in ("info", "bench"):
+    for verb in ("info", "bench", "summary"):
         assert_clean_error(edgecnn(verb, damaged), str(damaged), "corrupted", "--no-verify")
     shown = edgecnn("info", damaged, "--no-verify")
     assert shown.returncode == 0 and "not checked (--no-verify)" in shown.stdout
+    assert edgecnn("summary", damaged, "--no-verify").returncode == 0
     intact = edgecnn("info", digits_int8["onnx"])
     assert intact.returncode == 0 and "verified: content hash matches" in intact.stdout
 

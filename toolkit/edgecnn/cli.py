@@ -461,12 +461,15 @@ def _floats(text: str | None, option: str) -> tuple[float, float, float] | None:
               help="Classes of the head [default: 1000, or the checkpoint's].")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
-def summary(target: str, img_size: int | None, num_classes: int | None, width: float, json_path: Path | None) -> None:
+@click.option("--no-verify", is_flag=True, help="A .tflite/.onnx file: skip the check against its content hash.")
+def summary(target: str, img_size: int | None, num_classes: int | None, width: float, json_path: Path | None,
+            no_verify: bool) -> None:
     """Layer-by-layer table of a registry model, checkpoint or .tflite/.onnx file: shapes, parameters, MACs."""
     from edgecnn.runtime.layers import file_layers, print_summary, summary_report
 
     if target.lower().endswith((".tflite", ".onnx")):  # torch-free
-        rows, title = file_layers(target), f"{Path(target).name} (shapes and op types from the file)"
+        rows = file_layers(target, verify=not no_verify)
+        title = f"{Path(target).name} (shapes and op types from the file)"
     else:
         from edgecnn.summary import summarise
 

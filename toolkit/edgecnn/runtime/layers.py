@@ -47,16 +47,17 @@ def conv_macs(output: list[int], in_channels: int, groups: int, kernel: list[int
     return per_image(output) * (in_channels // groups) * int(np.prod(kernel))
 
 
-def file_layers(path: str | Path) -> list[LayerRow]:
-    return _tflite_layers(Path(path)) if model_format(path) == "tflite" else _onnx_layers(Path(path))
+def file_layers(path: str | Path, verify: bool = True) -> list[LayerRow]:
+    """The layer table of a .tflite/.onnx file; with `verify`, a file that fails its content hash is refused."""
+    return (_tflite_layers if model_format(path) == "tflite" else _onnx_layers)(Path(path), verify)
 
 
-def _tflite_layers(path: Path) -> list[LayerRow]:
+def _tflite_layers(path: Path, verify: bool) -> list[LayerRow]:
     from ai_edge_litert import schema_py_generated as schema
 
     from edgecnn.runtime.modelfile import _builtin_names, _layer_path, _tflite_dtype, read_model_file
 
-    read_model_file(path)  # validates before the flatbuffer is walked
+    read_model_file(path, verify=verify)  # validates before the flatbuffer is walked
     model = schema.Model.GetRootAs(path.read_bytes(), 0)
     graph, names = model.Subgraphs(0), _builtin_names()
     codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
@@ -102,13 +103,13 @@ def _tflite_layers(path: Path) -> list[LayerRow]:
     return rows
 
 
-def _onnx_layers(path: Path) -> list[LayerRow]:
+def _onnx_layers(path: Path, verify: bool) -> list[LayerRow]:
     import onnx
     from onnx import numpy_helper, shape_inference
 
     from edgecnn.runtime.modelfile import onnx_layer_path, read_model_file
 
-    info = read_model_file(path)
+    info = read_model_file(path, verify=verify)
     model = onnx.load(path)
     with contextlib.suppress(Exception):
         model = shape_inference.infer_shapes(model)
