@@ -2,6 +2,7 @@
 every time; a file from another tool still loads, marked unverified."""
 
 import hashlib
+import json
 import random
 import subprocess
 
@@ -100,8 +101,25 @@ def test_a_card_without_its_hash_is_refused(digits_int8, tmp_path):
         load(tmp_path / "m.onnx")
 
 
+def test_files_exported_before_sealing_load_unverified(digits_int8, tmp_path):
+    """Card version 1 (before content hashes) is an old file, not a damaged one; version 2 without a hash is."""
+    model = onnx.load(digits_int8["onnx"])
+    card = next(p for p in model.metadata_props if p.key == CARD_KEY)
+    fields = json.loads(card.value)
+    del fields[HASH_KEY]
+    card.value = json.dumps({**fields, "card_version": 1})
+    onnx.save(model, tmp_path / "old.onnx")
+    old = load(tmp_path / "old.onnx")
+    assert not old.integrity.verified and "card version 1" in old.integrity.detail
+    assert old.predict(FRAME).label
+    card.value = json.dumps(fields)  # version 2, hash entry gone
+    onnx.save(model, tmp_path / "damaged.onnx")
+    with pytest.raises(EdgeCNNError, match="corrupted"):
+        load(tmp_path / "damaged.onnx")
+
+
 def test_seal_and_check_round_trip():
-    card = f'{{"card_version": 1, "{HASH_KEY}": "{PLACEHOLDER}"}}'.encode()
+    card = f'{{"card_version": 2, "{HASH_KEY}": "{PLACEHOLDER}"}}'.encode()
     data = b"header" + card + b"weights" * 10
     sealed = seal(data)
     stored, actual = content_digest(sealed)

@@ -99,7 +99,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     backend = open_backend(path)
     return {
         "edgecnn_version": __version__,
-        "card_version": 1,
+        "card_version": 2,  # 2: sealed with a content hash
         "task": "image-classification",
         "labels": source.labels,
         "preprocess": {**source.pre.to_dict(), "layout": LAYOUT[fmt]},

@@ -30,6 +30,10 @@ _ENTRY = re.compile(rb'"' + HASH_KEY.encode() + rb'": "([0-9a-f]{64})"')
 # Keys every edgecnn card has: any of them in the bytes means the file was sealed and must verify.
 CARD_MARKERS = (b'"' + HASH_KEY.encode() + b'"', b'"edgecnn_version"', b'"card_version"')
 FIX = "re-export or re-copy it, or pass --no-verify to use it anyway"
+# Cards before content hashes (edgecnn 0.1.0's first exports): a file from then is old, not damaged. A single bit
+# flip cannot turn a sealed card's version 2 into 1 (0x32 → 0x31 changes two bits).
+LEGACY_CARD = b'"card_version": 1,'
+LEGACY = "unverified: exported before edgecnn sealed its files (card version 1); re-export it to seal it"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ def check_integrity(path: Path, data: bytes) -> Integrity:
             raise EdgeCNNError(f"{path}: corrupted: its content hash {stored[:12]}… does not match its bytes "
                                f"({actual[:12]}…); {FIX}")
         return Integrity(True, True, "content hash matches" + (f"; {by_sidecar}" if by_sidecar else ""))
+    if LEGACY_CARD in data and CARD_MARKERS[0] not in data:
+        return Integrity(False, False, LEGACY)
     if any(marker in data for marker in CARD_MARKERS):
         raise EdgeCNNError(f"{path}: corrupted: it has an edgecnn model card but no intact {HASH_KEY} entry; {FIX}")
     if by_sidecar:
@@ -107,5 +113,5 @@ def check_integrity(path: Path, data: bytes) -> Integrity:
 
 def require_sealed_card(path: Path, card: dict | None, integrity: Integrity | None) -> None:
     """A card that parses although the bytes showed no intact hash entry (its keys damaged beyond recognition)."""
-    if card is not None and integrity is not None and not integrity.embedded:
+    if card is not None and integrity is not None and not integrity.embedded and integrity.detail != LEGACY:
         raise EdgeCNNError(f"{path}: corrupted: it has an edgecnn model card without a valid {HASH_KEY}; {FIX}")
