@@ -111,6 +111,8 @@ def markdown_table(rows: list[BenchRow], machine: dict) -> str:
         cells = row_cells(r)
         cells[0] = f"**{cells[0]}**" if r.fastest else cells[0]
         lines.append("| " + " | ".join(cells) + " |")
+    if machine.get("peak"):
+        lines += ["", f"eff.: MACs ÷ (peak × median latency), peak = {machine['peak']}"]
     return "\n".join(lines) + "\n"
 
 
