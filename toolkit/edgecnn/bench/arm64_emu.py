@@ -354,16 +354,11 @@ class Arm64EmuTarget:
         self._work.cleanup()
 
     def run(self, variant, job: dict) -> dict:
-        from edgecnn.bench.targets import THREAD_ENV, parse_result
+        from edgecnn.bench.targets import THREAD_ENV, run_job
 
-        job_file = Path(self._work.name) / "job.json"
-        job_file.write_text(json.dumps(job))
-        try:
-            done = self.userland.python(self.cpu, [str(self.bundle), str(job_file)], timeout=self.timeout,
-                                        env={k: str(variant.threads) for k in THREAD_ENV})
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"no result within {self.timeout:.0f} s under emulation"}
-        return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
+        env = self.userland.environment({k: str(variant.threads) for k in THREAD_ENV})
+        return run_job(self.userland.command(self.cpu, [str(self.bundle)]), job, Path(self._work.name), env,
+                       self.timeout, variant.model.name)
 
     def guest_machine(self, machine: dict) -> dict:
         """The header for emulated rows: what the guest saw of its CPU, without the host's facts that fall

@@ -54,15 +54,20 @@ class LocalTarget:
         self._folder.cleanup()
 
     def run(self, variant, job: dict) -> dict:
-        job_file = Path(self._folder.name) / "job.json"
-        job_file.write_text(json.dumps(job))
         env = {**os.environ, **{k: str(variant.threads) for k in THREAD_ENV}}
-        try:
-            done = subprocess.run([sys.executable, "-m", variant.runner, str(job_file)], capture_output=True,
-                                  text=True, timeout=self.timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"no result within {self.timeout:.0f} s"}
-        return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
+        return run_job([sys.executable, "-m", variant.runner], job, Path(self._folder.name), env, self.timeout,
+                       variant.model.name)
+
+
+def run_job(command: list[str], job: dict, folder: Path, env: dict[str, str], timeout: float, what: str) -> dict:
+    """`command JOB.json` in a child process on this machine; the runner's result, or why there is none."""
+    job_file = folder / "job.json"
+    job_file.write_text(json.dumps(job))
+    try:
+        done = subprocess.run([*command, str(job_file)], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"no result within {timeout:.0f} s"}
+    return parse_result(done.stdout, done.stderr, done.returncode, what)
 
 
 def _require_cuda() -> None:
