@@ -36,6 +36,20 @@ def check_int8_artefacts(report, fmt_count=2):
         assert model_file.card["quantization"]["int8"] is True
     tflite = next(a for a in artefacts if a["format"] == "tflite")
     assert tflite["ops"]["input"] == "int8" and tflite["ops"]["output"] == "int8"
+    for a in artefacts:
+        # How the ranges were chosen, and every candidate's score on the calibration images.
+        calibration = a["calibration"]
+        assert calibration["method"] in {c["method"] for c in calibration["candidates"]}
+        assert {c["method"] for c in calibration["candidates"]} == {"minmax", "percentile", "mse", "entropy"}
+        best = max(calibration["candidates"], key=lambda c: (c["agreement"], -c["output_mse"]))
+        assert best["method"] == calibration["method"]
+        # Every quantized conv/linear layer, by PyTorch module path, worst first.
+        errors = a["layer_errors"]
+        assert errors and [e["sqnr_db"] for e in errors] == sorted(e["sqnr_db"] for e in errors)
+        assert all(e["layer"] and "node_" not in e["layer"] for e in errors)
+        assert a["scheme"]["target"] and a["scheme"]["reason"]
+    onnx = next(a for a in artefacts if a["format"] == "onnx")
+    assert {e["layer"] for e in onnx["layer_errors"]} == {e["layer"] for e in tflite["layer_errors"]}
     return artefacts
 
 
@@ -44,8 +58,9 @@ def test_digits_tinycnn_exports_to_verified_int8(digits_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     check_int8_artefacts(report)
     assert report["verification"] == {"samples": 359, "images": "digits test split", "labelled": True}
-    assert report["calibration"]["samples"] == 200
+    assert report["calibration"]["samples"] == 200 and report["calibration"]["doctor"]["samples"] == 200
     assert "calibrating on 200 images" in result.stdout
+    assert "noisiest layers" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "tinycnn_int8.onnx", "tinycnn_int8.tflite"]
 
 
@@ -66,12 +81,18 @@ def test_float_export_matches_pytorch(digits_checkpoint, tmp_path):
 
 
 def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
-    result, report = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--target", "arm", "--out", tmp_path)
+    result, report = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--target", "arm",
+                                 "--calibration", "mse", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    ops = read_model_file(report["artifacts"][0]["path"]).compute_ops
-    assert {op.dtype for op in ops} == {"int8"}
-    x86 = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--out", tmp_path / "x86")[1]
+    model_file = read_model_file(report["artifacts"][0]["path"])
+    assert {op.dtype for op in model_file.compute_ops} == {"int8"}
+    assert model_file.card["quantization"]["target"]["target"] == "arm"
+    assert report["artifacts"][0]["calibration"]["method"] == "mse"
+    assert len(report["artifacts"][0]["calibration"]["candidates"]) == 1
+    x86 = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--target", "x86-vnni", "--calibration",
+                      "minmax", "--out", tmp_path / "x86")[1]
     assert {op.dtype for op in read_model_file(x86["artifacts"][0]["path"]).compute_ops} == {"uint8"}
+    assert x86["artifacts"][0]["scheme"]["reduce_range"] is False
 
 
 def test_info_shows_the_card(digits_checkpoint, tmp_path):
@@ -160,6 +181,8 @@ def test_pretrained_weights_with_a_calibration_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     assert report["calibration"]["samples"] == 12 and report["verification"]["samples"] == 12
     assert report["verification"]["labelled"] is False
+    warnings = " ".join(report["calibration"]["doctor"]["warnings"] + report["artifacts"][0]["warnings"])
+    assert "only 12 distinct calibration images" in warnings and "only 12 verification images" in warnings
     card = read_model_file(tmp_path / "out" / "tinycnn_int8.tflite").card
     assert card["labels"] == ["cat", "dog", "owl", "fox"] and card["preprocess"]["crop"] == 0.875
     assert card["preprocess"]["mean"] == [0.485, 0.456, 0.406]
@@ -176,6 +199,11 @@ def test_pretrained_weights_with_a_calibration_folder(tmp_path):
         (["--model", "resnet18", "--weights", "w.pth", "--calib-images", "."], "do not fit resnet18"),
         ([], "nothing to export"),
         (["--out", "blocker/sub"], "cannot write to output folder"),
+        (["--int8", "--target", "riscv"], "unknown target 'riscv'"),
+        (["--int8", "--calibration", "kl"], "unknown calibration 'kl'"),
+        (["--int8", "--calib-video", "missing.mp4"], "--calib-video missing.mp4: no such file"),
+        (["--int8", "--calib-video", "three.txt"], "no frame could be read"),
+        (["--int8", "--calib-video", "three.txt", "--calib-images", "."], "not both"),
     ],
 )
 def test_bad_export_input(digits_checkpoint, tmp_path, args, fragment):
@@ -225,3 +253,72 @@ def test_info_refuses_corrupt_files(digits_checkpoint, tmp_path, suffix):
         assert_clean_error(edgecnn("info", tmp_path / f"{name}{suffix}"), f"{name}{suffix}")
     (tmp_path / "model.pb").write_bytes(data)
     assert_clean_error(edgecnn("info", tmp_path / "model.pb"), "unknown model format")
+
+
+def test_a_pretrained_float_export_agrees_fully(tmp_path):
+    """Verification feeds the artefact the very pixels the float model saw. It used to crop the already cropped
+    images a second time (torchvision's 224/256 centre crop), so every pretrained export, float ones included,
+    looked as if it disagreed with PyTorch."""
+    torch.manual_seed(0)
+    torch.save(build_model("tinycnn", 4).state_dict(), tmp_path / "w.pth")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        cv2.imwrite(str(photos / f"{i}.png"), rng.integers(0, 255, (48, 64, 3), np.uint8))
+    result, report = export_json("--model", "tinycnn", "--weights", tmp_path / "w.pth", "--img-size", "32",
+                                 "--calib-images", photos, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for a in report["artifacts"]:
+        assert a["agreement"] == 1.0 and a["max_logit_error"] < 1e-3, a
+
+
+def test_calibration_on_a_camera_video(digits_checkpoint, tmp_path):
+    """--calib-video: a CCTV user calibrates on the camera's own footage; verified on the dataset."""
+    video = tmp_path / "camera.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        writer.write(cv2.GaussianBlur(rng.integers(0, 255, (48, 64, 3), np.uint8), (7, 7), 2))
+    writer.release()
+    result, report = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--calib-video", video,
+                                 "--calib-every", "3", "--calibration", "minmax", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert report["calibration"]["samples"] == 20 and "1 in 3 frames of camera.avi" in report["calibration"]["images"]
+    assert report["verification"]["images"] == "digits test split"
+    # Noise frames are nothing like digits: the doctor says so.
+    assert any("brighter" in w or "darker" in w or "colour" in w for w in report["calibration"]["doctor"]["warnings"])
+
+
+@pytest.mark.slow
+def test_an_undertrained_mobilenet_v2_exports_to_int8_tflite(tmp_path):
+    """The issue's command: three epochs of mobilenet_v2 on digits (about 30 % top-1) used to make a .tflite that
+    XNNPACK refused to prepare (`Node number 69 ... failed to prepare`)."""
+    trained = edgecnn("train", "--model", "mobilenet_v2", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
+                      "--out", tmp_path / "run")
+    assert trained.returncode == 0, trained.stderr
+    result, report = export_json(tmp_path / "run" / "best.pt", "--format", "tflite", "--int8", "--calibration",
+                                 "minmax", "--eval-samples", "100", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert report["artifacts"][0]["status"] == "ok" and report["artifacts"][0]["float_ops"] == []
+
+
+def test_a_collapsed_model_exports_to_int8(tmp_path):
+    """Dead channels and constant activations (a collapsed or barely trained model) give zero-width ranges;
+    every range keeps a usable scale, so both runtimes prepare and run the file."""
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10)
+    with torch.no_grad():
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.weight[: first.out_channels // 2] = 0  # half the channels dead: constant after BatchNorm
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(1e-6)
+    ckpt = tmp_path / "collapsed.pt"
+    save_checkpoint(ckpt, Checkpoint(model="tinycnn", num_classes=10, state_dict=model.state_dict(),
+                                     preprocess=Preprocess(img_size=32), labels=[str(i) for i in range(10)],
+                                     dataset="digits"))
+    result, report = export_json(ckpt, "--int8", "--calibration", "minmax", "--eval-samples", "50",
+                                 "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert all(a["status"] == "ok" and a["float_ops"] == [] for a in report["artifacts"])

@@ -196,8 +196,17 @@ def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, l
 @click.option("--calib-images", type=click.Path(path_type=Path), help="Folder of unlabelled calibration images.")
 @click.option("--dataset", help="Labelled data to calibrate and verify on [default: the checkpoint's].")
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Verify on at most N held-out images [all].")
-@click.option("--target", type=click.Choice(["x86", "arm"]), default="x86", show_default=True,
-              help="ONNX int8 scheme: x86 = uint8 activations + reduce_range, arm = int8 activations.")
+@click.option("--target", default="host", show_default=True,
+              help="CPU the int8 scheme is for: host (this machine's ISA), x86-avx2, x86-vnni, arm (pi4, pi5).")
+@click.option("--calibration", "calibration_method", default="auto", show_default=True,
+              help="Activation ranges: auto (best agreement on the calibration images), minmax, percentile, mse, "
+                   "entropy.")
+@click.option("--bias-correction", is_flag=True, help="Also try empirical bias correction (slow on large models).")
+@click.option("--adaround", is_flag=True,
+              help="Learn each weight's rounding on the calibration images (AdaRound; minutes on a 224 px model).")
+@click.option("--calib-video", type=click.Path(path_type=Path), help="Calibrate on frames of a camera's own video.")
+@click.option("--calib-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --calib-video: every Nth frame.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
 @click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")
@@ -205,8 +214,8 @@ def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, l
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"artifacts": [...]}.')
 def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, formats, int8, calib_samples,
-               calib_images, dataset, eval_samples, target, max_accuracy_drop, no_fallback, allow_float_ops,
-               sidecar, out_dir, json_path) -> None:
+               calib_images, dataset, eval_samples, target, calibration_method, bias_correction, adaround, calib_video,
+               calib_every, max_accuracy_drop, no_fallback, allow_float_ops, sidecar, out_dir, json_path) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
     from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions, export, parse_formats
@@ -217,10 +226,19 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
         source_from_checkpoint,
         source_from_weights,
         split_unlabelled,
+        split_video,
+        video_frames,
     )
+    from edgecnn.quantize.calibrate import parse_calibration
+    from edgecnn.quantize.doctor import examine
+    from edgecnn.quantize.target import scheme_for
 
-    options = ExportOptions(parse_formats(formats), int8, target, max_accuracy_drop, not no_fallback,
-                            allow_float_ops, sidecar)
+    scheme_for(target)  # an unknown name fails before any work
+    options = ExportOptions(formats=parse_formats(formats), int8=int8, target=target,
+                            max_accuracy_drop=max_accuracy_drop, fallback=not no_fallback,
+                            allow_float_ops=allow_float_ops, sidecar=sidecar,
+                            calibration=parse_calibration(calibration_method), bias_correction=bias_correction,
+                            adaround=adaround)
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is not None:
@@ -230,25 +248,40 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
         source = source_from_weights(model_name, weights, labels, img_size, width)
     else:
         raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
+    if calib_images and calib_video:
+        raise EdgeCNNError("give --calib-images or --calib-video, not both")
     data = dataset or source.dataset
+    frames = video_frames(calib_video, calib_every, source.pre, 2 * calib_samples) if calib_video else None
     if data:
         verification = dataset_images(data, "test", source.pre, eval_samples)
-        calibration = folder_images(calib_images, source.pre) if calib_images else dataset_images(
-            data, "train", source.pre, calib_samples)
+        if frames is not None:
+            calibration = frames
+        else:
+            calibration = folder_images(calib_images, source.pre) if calib_images else dataset_images(
+                data, "train", source.pre, calib_samples)
         calibration = calibration.head(calib_samples)
     elif calib_images:
         calibration, verification = split_unlabelled(folder_images(calib_images, source.pre), calib_samples)
         verification = verification.head(eval_samples)
+    elif frames is not None:
+        calibration, verification = split_video(frames)
+        calibration, verification = calibration.head(calib_samples), verification.head(eval_samples)
     else:
         need = "--int8 needs calibration images" if int8 else "no images to verify the export on"
-        raise EdgeCNNError(f"{need}: give --dataset NAME or --calib-images DIR")
+        raise EdgeCNNError(f"{need}: give --dataset NAME, --calib-images DIR or --calib-video FILE")
+    doctor = None
     if not int8:
         calibration = None
     elif calibration is not None:
         console.print(f"calibrating on {len(calibration)} images: {calibration.description}")
+        # Two splits of one labelled dataset may share images by the dataset's making: warn, do not refuse.
+        one_dataset = bool(data) and not calib_images and frames is None
+        doctor = examine(calibration.pixels, verification.pixels, refuse_overlap=not one_dataset)
+        for warning in doctor["warnings"]:
+            console.print(f"[yellow]calibration images: {warning}[/yellow]")
     artefacts = export(source, options, out_dir, calibration, verification, console)
     print_export_table(console, artefacts, verification)
-    report = export_report(artefacts, calibration, verification)
+    report = export_report(artefacts, calibration, verification, doctor)
     _write_json(json_path, report)
     failed = [a for a in artefacts if a.status != "ok"]
     if failed:
@@ -304,8 +337,8 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
               help="Where --all-formats writes the artefacts [default: CHECKPOINT_DIR/bench-export].")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
               help="--all-formats: an int8 export losing more top-1 points fails the accuracy gate.")
-@click.option("--target", type=click.Choice(["x86", "arm"]), default="x86", show_default=True,
-              help="--all-formats: int8 scheme of the ONNX export.")
+@click.option("--int8-target", "target", default="host", show_default=True,
+              help="--all-formats: CPU the int8 scheme is for: host, x86-avx2, x86-vnni, arm.")
 @click.option("--remote-python", default="python3", show_default=True, help="ssh: the device's Python.")
 @click.option("--ssh-key", type=click.Path(path_type=Path), help="ssh: identity file.")
 @click.option("--ssh-config", type=click.Path(path_type=Path), help="ssh: config file (ssh -F).")

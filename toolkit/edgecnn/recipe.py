@@ -81,7 +81,7 @@ class PruneConfig:
 class QuantizeConfig:
     method: Literal["none", "ptq", "qat"] = "none"
     calib_samples: int = 200
-    target: Literal["x86", "arm"] = "x86"
+    target: Literal["host", "x86", "x86-avx2", "x86-vnni", "arm"] = "host"  # the CPU the int8 scheme is for
     # Top-1 points the int8 artefacts may lose against the float model; over it the export fails (after the
     # fallback has tried keeping the most sensitive layers in float).
     max_accuracy_drop: float | None = None

@@ -30,7 +30,8 @@ def export_all_formats(checkpoint: Path, out_dir: Path, dataset: str | None, eva
     calibration = dataset_images(data, "train", source.pre, CALIBRATION_SAMPLES)
     artefacts = []
     for int8 in (False, True):
-        options = ExportOptions(tuple(sorted(FORMATS)), int8, target, max_accuracy_drop)
+        options = ExportOptions(formats=tuple(sorted(FORMATS)), int8=int8, target=target,
+                                max_accuracy_drop=max_accuracy_drop)
         artefacts += export(source, options, out_dir, calibration if int8 else None, verification, console)
     ok = [Path(a.path) for a in artefacts if a.status == "ok"]
     failed = [

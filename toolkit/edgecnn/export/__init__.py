@@ -9,12 +9,14 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -23,7 +25,7 @@ from edgecnn.atomic import fsync_dir, write_bytes
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
-from edgecnn.export.verify import FloatReference, Verification, compare, float_reference, interleaved_latency_ms, verify
+from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.integrity import sidecar_line, sidecar_path
 from edgecnn.runtime.modelfile import embed_card
@@ -31,18 +33,22 @@ from edgecnn.runtime.modelfile import embed_card
 FORMATS = ("tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 LAYOUT = {"tflite": "NHWC", "onnx": "NCHW"}
-RANKING_SAMPLES = 256  # verification images used to rank layers for the fallback
+LOW_AGREEMENT, LOW_SURE_AGREEMENT = 0.90, 0.95  # below these the report warns
+SMALL_VERIFICATION = 100  # fewer images than this make one image worth more than a point
 
 
 @dataclass
 class ExportOptions:
     formats: tuple[str, ...] = FORMATS
     int8: bool = False
-    target: str = "x86"
+    target: str = "host"  # the CPU the int8 scheme is for (edgecnn.quantize.target)
     max_accuracy_drop: float | None = None  # top-1 points (1.0 = one point); None: report only
     fallback: bool = True
     allow_float_ops: bool = False
     sidecar: bool = False  # also write FILE.sha256 beside each artefact
+    calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
+    bias_correction: bool = False  # also try empirical bias correction (slow on large models)
+    adaround: bool = False  # learn the weights' rounding on the calibration images (minutes on large models)
 
 
 @dataclass
@@ -65,6 +71,10 @@ class Artefact:
     float_layers: list[str] = field(default_factory=list)
     fallback: dict | None = None
     ops: dict = field(default_factory=dict)
+    calibration: dict | None = None  # the range method chosen and every candidate's numbers
+    scheme: dict | None = None  # the int8 scheme, its target and why
+    layer_errors: list[dict] = field(default_factory=list)  # SQNR (dB) per quantized layer, worst first
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def drop(self) -> float:
@@ -94,7 +104,7 @@ def _tensor_card(spec: TensorSpec) -> dict:
 
 
 def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, calibration: Images | None,
-               float_layers: list[str]) -> dict:
+               float_layers: list[str], target: dict | None = None) -> dict:
     """What the runtime needs to use the file, and where it came from; `edgecnn info` prints it."""
     backend = open_backend(path)
     return {
@@ -113,29 +123,57 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
             "calibration": None if calibration is None else {"samples": len(calibration),
                                                               "images": calibration.description},
             "float_layers": float_layers,
+            "target": target,
         },
     }
 
 
-def format_builder(fmt: str, source: ExportSource, options: ExportOptions, calibration: torch.Tensor | None,
-                   scratch: Path):
-    """The builder of one format: `build(path, float_layers)`, `candidates()`, `logits_with_float(layer, images)`."""
+def _rounded(source: ExportSource, options: ExportOptions, fmt: str, scheme, calibration: torch.Tensor | None,
+             console: Console) -> ExportSource:
+    """The source the int8 builder quantizes: with --adaround, a BatchNorm-folded copy whose weights sit on the
+    format's int8 grid with learned rounding (7-bit for an ONNX reduce_range scheme)."""
+    if not (options.int8 and options.adaround) or source.qat is not None:
+        return source
+    from edgecnn.quantize.adaround import adaround
+
+    levels = 63 if fmt == "onnx" and scheme.reduce_range else 127
+    started = time.perf_counter()
+    rounded = adaround(source.model, calibration, levels)
+    console.print(f"  {fmt}: learned the rounding of the weights ({levels} steps a side) in "
+                  f"{time.perf_counter() - started:.1f} s")
+    return dataclasses.replace(source, model=rounded)
+
+
+def format_builder(fmt: str, source: ExportSource, calibration: torch.Tensor | None, scheme, scratch: Path):
+    """The builder of one format: `build(path, float_layers)` with its `candidate` ranges, `target()`,
+    `candidates()`, `layer_errors`, `layer_id(layer)`, `method` and `corrects_biases`."""
     if fmt == "tflite":
         from edgecnn.export.tflite import TFLiteBuilder
 
         return TFLiteBuilder(source, calibration)
     from edgecnn.export.onnx import OnnxBuilder
 
-    return OnnxBuilder(source, calibration, options.target, scratch)
+    return OnnxBuilder(source, calibration, scheme, scratch)
 
 
-def rank_layers(builder, images: Images, reference: FloatReference, int8_drop: float) -> list[str]:
-    """Layers ordered by how much keeping each one alone in float recovers, most first."""
-    gains = {}
-    for layer in builder.candidates():
-        accuracy, agreement, _ = compare(builder.logits_with_float(layer, images), reference)
-        gains[layer] = int8_drop - accuracy_drop(accuracy, reference.accuracy, agreement)
-    return sorted(gains, key=lambda k: -gains[k])
+def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[str]:
+    """What the numbers do not say by themselves: low agreement, a verification set too small to judge, a gate
+    finer than one image."""
+    found = []
+    one_image = 100.0 / max(samples, 1)
+    if artefact.agreement < LOW_AGREEMENT:
+        found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
+                     f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images")
+    if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
+        found.append(f"on the images the float model is sure of, only {artefact.confident_agreement:.1%} agree "
+                     f"(< {LOW_SURE_AGREEMENT:.0%})")
+    if samples < SMALL_VERIFICATION:
+        found.append(f"only {samples} verification images: one image is {one_image:.1f} points, too few to judge "
+                     "a fraction of a point")
+    if options.max_accuracy_drop is not None and options.max_accuracy_drop < one_image:
+        found.append(f"--max-accuracy-drop {options.max_accuracy_drop} is finer than one verification image "
+                     f"({one_image:.1f} points): the gate passes only when no image changes")
+    return found
 
 
 def export(
@@ -156,11 +194,14 @@ def export(
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
-    calib_tensor = None
+    calib_tensor = scheme = calib_reference = None
     if options.int8:
         from edgecnn.loader import normalise_batch
+        from edgecnn.quantize.target import scheme_for
 
+        scheme = scheme_for(options.target)
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
+        calib_reference = float_reference(source.model, source.pre, calibration)
     reference = float_reference(source.model, source.pre, verification)
     if source.macs is None:
         from edgecnn.prune import complexity
@@ -172,10 +213,16 @@ def export(
         for fmt in options.formats:
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
             console.print(f"exporting {final} ...")
-            builder = format_builder(fmt, source, options, calib_tensor, Path(scratch))
             try:
+                started = time.perf_counter()
+                builder = format_builder(fmt, _rounded(source, options, fmt, scheme, calib_tensor, console),
+                                         calib_tensor, scheme, Path(scratch))
+                rounding_seconds = time.perf_counter() - started
                 artefact = _export_one(builder, fmt, options, Path(scratch), final, calibration, verification,
-                                       reference, console)
+                                       reference, console, calib_reference)
+                artefact.export_seconds = round(artefact.export_seconds + rounding_seconds, 2)
+                if artefact.calibration and artefact.calibration["adaround"]:
+                    artefact.calibration["adaround_seconds"] = round(rounding_seconds, 1)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
             except OSError as e:  # a full disk while building: nothing is written under the final name
@@ -186,23 +233,40 @@ def export(
 
 
 def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final: Path, calibration: Images | None,
-                verification: Images, reference: FloatReference, console: Console) -> Artefact:
+                verification: Images, reference: FloatReference, console: Console,
+                calib_reference: FloatReference | None) -> Artefact:
     started = time.perf_counter()
 
-    def build_verified(path: Path, float_layers: list[str]) -> Verification:
+    def build_with_card(path: Path, float_layers: list[str]) -> None:
         scheme = builder.build(path, float_layers)
         names = builder.candidates() if float_layers else {}
         shown = [names[layer] for layer in float_layers]
-        embed_card(path, model_card(builder.source, path, fmt, scheme, calibration, shown))
+        target = builder.target() if scheme else None
+        embed_card(path, model_card(builder.source, path, fmt, scheme, calibration, shown, target))
+
+    def build_verified(path: Path, float_layers: list[str]) -> Verification:
+        build_with_card(path, float_layers)
         return verify(path, verification, reference)
 
+    choice = None
+    if options.int8 and builder.source.qat is None:
+        choice = _choose_ranges(builder, options, scratch / f"{final.stem}.calib{final.suffix}", build_with_card,
+                                calibration, calib_reference, console)
     work = scratch / f"{final.stem}.work{final.suffix}"
     artefact = _artefact(final, fmt, options, build_verified(work, []), reference, started)
+    artefact.layer_errors = builder.layer_errors if options.int8 else []
+    if options.int8:
+        artefact.scheme = builder.target()
+        artefact.calibration = choice.report() if choice else {"method": builder.method}
+        artefact.calibration["adaround"] = options.adaround and builder.source.qat is None
+        artefact.warnings = warnings(artefact, options, len(verification))
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
     # The fallback ranks layers by post-training quantization; after QAT that ranking would not apply.
     if options.int8 and over_budget and options.fallback and builder.source.qat is None:
-        artefact = _fallback(builder, fmt, options, scratch, work, final, artefact, build_verified, verification,
-                             reference, console, started)
+        errors = artefact.layer_errors
+        artefact = _fallback(builder, fmt, options, scratch, work, final, artefact, build_verified, reference,
+                             console, started)
+        artefact.layer_errors = errors
         over_budget = artefact.drop > options.max_accuracy_drop
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"
@@ -211,6 +275,32 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
     if artefact.status == "ok":
         install(work, final, options.sidecar)
     return artefact
+
+
+def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card, calibration: Images,
+                   calib_reference: FloatReference, console: Console):
+    """Set the builder's activation-range candidate: the requested method, or for auto the one whose artefact
+    agrees best with the float model on the calibration images; with --bias-correction the chosen method with
+    and without it."""
+    from edgecnn.export.verify import artefact_logits
+    from edgecnn.quantize.calibrate import Candidate, candidates, choose
+
+    def logits_with(candidate: Candidate) -> np.ndarray:
+        builder.candidate = candidate
+        build_with_card(trial, [])
+        return artefact_logits(trial, calibration)
+
+    if options.calibration == "auto":
+        console.print(f"  choosing activation ranges on {len(calibration)} calibration images")
+    choice = choose(candidates(options.calibration), logits_with, calib_reference.logits, console.print)
+    if options.bias_correction and builder.corrects_biases:
+        tried = choice.candidates
+        choice = choose([choice.chosen, Candidate(choice.chosen.method, True)], logits_with, calib_reference.logits,
+                        console.print)
+        choice.candidates = tried + choice.candidates[1:]
+    builder.candidate = choice.chosen
+    trial.unlink(missing_ok=True)
+    return choice
 
 
 def install(work: Path, final: Path, sidecar: bool) -> None:
@@ -242,13 +332,12 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
 
 
 def _fallback(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
-              full_int8: Artefact, build_verified, verification: Images, reference: FloatReference, console: Console,
+              full_int8: Artefact, build_verified, reference: FloatReference, console: Console,
               started: float) -> Artefact:
     budget = options.max_accuracy_drop
-    console.print(f"  {fmt}: drop {full_int8.drop:.2f} points > budget {budget}: ranking layers by "
-                  "quantization sensitivity")
-    subset = verification.head(RANKING_SAMPLES)
-    ranked = rank_layers(builder, subset, reference.head(len(subset)), full_int8.drop)
+    console.print(f"  {fmt}: drop {full_int8.drop:.2f} points > budget {budget}: keeping the noisiest layers "
+                  "(lowest SQNR) in float")
+    ranked = [builder.layer_id(row["layer"]) for row in full_int8.layer_errors]
     trial = scratch / f"{final.stem}.trial{final.suffix}"
 
     def drop_with(layers: list[str]) -> float:

@@ -1,4 +1,5 @@
-"""PyTorch → .onnx through the dynamo exporter (one file), int8 through onnxruntime static QDQ quantization.
+"""PyTorch → .onnx through the dynamo exporter (one file), int8 through onnxruntime static QDQ quantization
+with edgecnn's activation ranges (the estimator that also sets the .tflite's).
 
 The quantization scheme follows the target: x86 without VNNI wants uint8 activations with `reduce_range`
 (7-bit weights avoid the u8×s8 overflow of AVX2 kernels); Arm wants int8 activations and weights (S8S8).
@@ -11,20 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.calibrate import Candidate
+from edgecnn.quantize.ranges import Histogram, activation_range
+from edgecnn.quantize.target import Scheme
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-TARGETS = ("x86", "arm")
-
-
-def scheme(target: str) -> str:
-    if target == "x86":
-        return "onnxruntime QDQ: uint8 activations, per-channel int8 weights, reduce_range (x86)"
-    return "onnxruntime QDQ: int8 activations, per-channel int8 weights (arm)"
 
 
 def _global_average_pools(model) -> None:
@@ -76,34 +74,119 @@ def _hard_activations(model) -> None:
     model.graph.node.extend(nodes)
 
 
-def quantizable_nodes(path: Path) -> dict[str, str]:
-    """Nodes onnxruntime would quantize, the candidates to keep in float: node name → PyTorch module path.
-
-    Not only Conv/Gemm: residual Adds and pools carry quantization error too."""
-    import onnx
+def _calibrated_tensors(model) -> list[str]:
+    """The float activations onnxruntime's QDQ quantizer asks ranges for: inputs and outputs of the nodes it
+    quantizes (what its own calibrators collect)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from edgecnn.runtime.modelfile import DATA_MOVEMENT, onnx_layer_path
+    types = set(QDQRegistry) | set(QLinearOpsRegistry)
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    value_infos = {v.name: v for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    initializers = {i.name for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in types:
+            continue
+        for name in (*node.input, *node.output):
+            info = value_infos.get(name)
+            if (info is not None and name not in initializers and name not in names
+                    and info.type.tensor_type.elem_type in float_types):
+                names.append(name)
+    return names
 
-    types = (set(QDQRegistry) | set(QLinearOpsRegistry)) - DATA_MOVEMENT
-    nodes = onnx.load(path).graph.node
-    return {n.name: f"{onnx_layer_path(n)} ({n.op_type})" for n in nodes if n.op_type in types}
+
+def _with_outputs(model, names: Sequence[str]):
+    """A copy of `model` that also returns the named intermediate tensors."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    value_infos = {v.name: v for v in copy.graph.value_info}
+    copy.graph.output.extend(value_infos.get(n) or onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                             for n in names if n not in present)
+    return copy
 
 
-class _Calibration:
-    """onnxruntime's CalibrationDataReader protocol over normalised N×3×H×W samples."""
+def _session(model, optimized: bool = True):
+    import onnxruntime as ort
 
-    def __init__(self, samples: torch.Tensor):
-        self._samples = iter(samples.numpy().astype(np.float32))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimized:  # the QDQ graph as written: dequantized inputs, float compute, requantized outputs
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    def get_next(self):
-        sample = next(self._samples, None)
-        return None if sample is None else {INPUT_NAME: sample[None]}
+
+def _tensor_values(session, samples: np.ndarray):
+    """Per sample, every output of the session by name."""
+    names = [o.name for o in session.get_outputs()]
+    for sample in samples:
+        inputs = {INPUT_NAME: sample[None]}
+        yield {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+
+
+def tensor_histograms(model, calibration: torch.Tensor) -> dict[str, Histogram]:
+    """Histograms of the tensors onnxruntime will quantize, over the calibration images: what edgecnn's range
+    estimators (the ones that also set the .tflite's ranges) choose from."""
+    names = _calibrated_tensors(model)
+    session = _session(_with_outputs(model, names))
+    samples = calibration.numpy().astype(np.float32)
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
+    for values in _tensor_values(session, samples):
+        for name in names:
+            low[name] = min(low[name], float(values[name].min()))
+            high[name] = max(high[name], float(values[name].max()))
+    histograms = {name: Histogram.empty(low[name], high[name]) for name in names}
+    for values in _tensor_values(session, samples):
+        for name in names:
+            histograms[name].add(values[name])
+    return histograms
+
+
+def _activation_output(model, tensor: str, passes: tuple[str, ...]) -> str:
+    """Follow a layer's output through single consumers of the given op types (its activation, its output
+    quantizer): the tensor the next layer sees."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in passes:
+        tensor = consumers[tensor][0].output[0]
+    return tensor
+
+
+def layer_errors(float_model, int8_path: Path, samples: torch.Tensor, paths: dict[str, str]) -> list[dict]:
+    """SQNR (dB) of every quantized Conv/Gemm output of the int8 QDQ graph against the float graph, after the
+    layer's activation (as the next layer sees it), worst first, named by PyTorch module path (`paths`: node →
+    path); "node" is the ONNX node, what the fallback keeps in float."""
+    from edgecnn.quantize.pt2e import sqnr_db
+
+    int8 = onnx.load(int8_path)
+    producers = {o: n for n in int8.graph.node for o in n.output}
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    layers = {}
+    for node in int8.graph.node:
+        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type in ("Conv", "Gemm", "MatMul") and node.name in float_nodes \
+                and getattr(weight, "op_type", "") == "DequantizeLinear":
+            layers[node.name] = (
+                _activation_output(float_model, float_nodes[node.name].output[0], ("Relu", "Clip")),
+                _activation_output(int8, node.output[0], ("Relu", "Clip", "QuantizeLinear", "DequantizeLinear")),
+            )
+    reference = _session(_with_outputs(float_model, [f for f, _ in layers.values()]))
+    quantized = _session(_with_outputs(int8, [q for _, q in layers.values()]), optimized=False)
+    signal, noise = dict.fromkeys(layers, 0.0), dict.fromkeys(layers, 0.0)
+    x = samples.numpy().astype(np.float32)
+    for ref, act in zip(_tensor_values(reference, x), _tensor_values(quantized, x), strict=True):
+        for node, (expected, actual) in layers.items():
+            r = ref[expected].astype(np.float64)
+            signal[node] += float((r**2).sum())
+            noise[node] += float(((r - act[actual]) ** 2).sum())
+    rows = [{"layer": paths.get(n, n), "sqnr_db": round(sqnr_db(signal[n], noise[n]), 2), "node": n} for n in layers]
+    return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
 def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
-    import onnx
-
     example = (torch.zeros(1, 3, img_size, img_size),)
     try:
         with quiet_native_output():
@@ -119,58 +202,75 @@ def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
     onnx.save(proto, path)
 
 
-def quantize_onnx(
-    float_path: Path, path: Path, calibration: torch.Tensor, target: str, float_nodes: Sequence[str] = ()
-) -> str:
-    """Write the int8 QDQ model; return the calibration method used.
-
-    Percentile ranges (99.999 %) keep real photos' top-1 far better than min/max, but onnxruntime's histogram
-    cannot bin a tensor whose range is (almost) zero; then min/max is used for the whole model."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def prepare_for_quantization(float_path: Path, prepared: Path) -> None:
+    """onnxruntime's pre-processing (shape inference, BatchNorm folded into the convolutions)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if target not in TARGETS:
-        raise EdgeCNNError(f"unknown target '{target}': choose {' or '.join(TARGETS)}")
-    x86 = target == "x86"
+    try:
+        with quiet_native_output():
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    except Exception as e:
+        raise EdgeCNNError(f"onnxruntime could not prepare the model for quantization: {first_line(e)}") from None
+
+
+def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, float]], scheme: Scheme,
+                  float_nodes: Sequence[str] = ()) -> None:
+    """Write the int8 QDQ model of the prepared float model with the given activation ranges."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-
-        def quantize(method) -> None:
-            with quiet_native_output():
-                quantize_static(
-                    str(prepared), str(path), _Calibration(calibration),
-                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=x86,
-                    activation_type=QuantType.QUInt8 if x86 else QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method, nodes_to_exclude=list(float_nodes),
-                    extra_options={"CalibPercentile": 99.999},
-                )
-
+        cache = Path(tmp) / "ranges.json"
         try:
+            arrays = {name: (np.float32(low), np.float32(high)) for name, (low, high) in ranges.items()}
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, arrays), cache)
             with quiet_native_output():
-                quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-            try:
-                quantize(CalibrationMethod.Percentile)
-                return "percentile 99.999"
-            except ValueError as e:
-                if "bins" not in str(e):
-                    raise
-                quantize(CalibrationMethod.MinMax)
-                return "minmax (a tensor's range was too narrow to histogram)"
+                # The ranges come from the cache file: onnxruntime's own calibrators do not run.
+                quantize_static(
+                    str(prepared), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=scheme.reduce_range,
+                    activation_type=QuantType.QUInt8 if scheme.onnx_activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=list(float_nodes), calibration_cache_path=str(cache),
+                )
         except Exception as e:
             raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
 class OnnxBuilder:
-    """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and rank nodes."""
+    """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and report layer errors."""
 
-    def __init__(self, source, calibration: torch.Tensor | None, target: str, scratch: Path):
-        self.source, self.calibration, self.target, self.scratch = source, calibration, target, scratch
-        self._float_onnx: Path | None = None
+    corrects_biases = False  # bias correction runs on the PT2E graph, which only the .tflite is built from
+
+    def __init__(self, source, calibration: torch.Tensor | None, scheme: Scheme, scratch: Path):
+        self.source, self.calibration, self.scheme, self.scratch = source, calibration, scheme, scratch
+        # After QAT no range search runs: percentile ranges, the best single method of onnxruntime's own
+        # calibrators on real photos.
+        self.candidate = Candidate("percentile")
+        self._last: Path | None = None
+        self._prepared: Path | None = None
+        self._histograms: dict[str, Histogram] = {}
+        self._nodes: dict[str, str] = {}
 
     @property
     def _model(self) -> nn.Module:
         # After QAT, onnxruntime quantizes the QAT-tuned weights.
         return self.source.qat.tuned if self.source.qat else self.source.model
+
+    @property
+    def method(self) -> str:
+        return self.candidate.name
+
+    @property
+    def _convolution_of(self) -> dict[str, str]:
+        """BatchNorm module path → the convolution before it (in module order)."""
+        mapping, last_conv = {}, None
+        for name, module in self._model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                last_conv = name
+            elif isinstance(module, nn.BatchNorm2d) and last_conv is not None:
+                mapping[name] = last_conv
+        return mapping
 
     def build(self, path: Path, float_nodes: list[str]) -> str | None:
         """Write the artefact; return the int8 scheme (None for float)."""
@@ -178,20 +278,40 @@ class OnnxBuilder:
         if self.calibration is None:
             export_float_onnx(self._model, size, path)
             return None
-        if self._float_onnx is None:
-            self._float_onnx = self.scratch / "float.onnx"
-            export_float_onnx(self._model, size, self._float_onnx)
-        method = quantize_onnx(self._float_onnx, path, self.calibration, self.target, float_nodes)
+        if self._prepared is None:
+            exported, self._prepared = self.scratch / "float.onnx", self.scratch / "prepared.onnx"
+            export_float_onnx(self._model, size, exported)
+            prepare_for_quantization(exported, self._prepared)
+            self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
+        ranges = {name: activation_range(h, self.candidate.method) for name, h in self._histograms.items()}
+        quantize_onnx(self._prepared, path, ranges, self.scheme, float_nodes)
+        self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
-        return f"{trained}{scheme(self.target)}, {method} calibration"
+        bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
+        return (f"{trained}onnxruntime QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
+                f"per-channel {bits} int8 weights; activation ranges: {self.method}")
+
+    @property
+    def layer_errors(self) -> list[dict]:
+        """SQNR per quantized Conv/Gemm of the last int8 build, measured on its own QDQ graph."""
+        if self._last is None:
+            return []
+        from edgecnn.runtime.modelfile import onnx_layer_path
+
+        # The exporter folds each BatchNorm into its convolution and names the result after the BatchNorm.
+        paths = {n.name: self._convolution_of.get(path, path)
+                 for n in onnx.load(self._prepared).graph.node for path in [onnx_layer_path(n)]}
+        rows = layer_errors(onnx.load(self._prepared), self._last, self.calibration, paths)
+        self._nodes = {row["layer"]: row.pop("node") for row in rows}
+        return rows
+
+    def target(self) -> dict:
+        return self.scheme.to_dict()
 
     def candidates(self) -> dict[str, str]:
         """Node name (what `build` takes) → the PyTorch module path shown to the user."""
-        return quantizable_nodes(self._float_onnx)
+        return {node: layer for layer, node in self._nodes.items()}
 
-    def logits_with_float(self, node: str, images) -> np.ndarray:
-        from edgecnn.export.verify import artefact_logits
-
-        path = self.scratch / "rank.onnx"
-        self.build(path, [node])
-        return artefact_logits(path, images)
+    def layer_id(self, layer: str) -> str:
+        """What `build` takes to keep the layer of a `layer_errors` row in float: its ONNX node."""
+        return self._nodes[layer]

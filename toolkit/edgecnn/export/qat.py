@@ -20,9 +20,9 @@ from torch import nn
 from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import ExportSource
-from edgecnn.export.tflite import _litert_torch, _quantizer, channels_last
 from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.pt2e import channels_last, litert_torch, quantizer
 from edgecnn.recipe import Recipe
 from edgecnn.train import learning_rate
 
@@ -33,6 +33,16 @@ class QATResult:
     tuned: nn.Module  # the tuned weights as a float NCHW model (BatchNorm folded)
     epochs: int
     accuracy: float  # held-out top-1 of the fake-quantized model
+
+    def converted(self) -> torch.fx.GraphModule:
+        """The int8 graph (NHWC input) that converts to .tflite as it is."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        prepared = copy.deepcopy(self.prepared)
+        move_exported_model_to_eval(prepared)
+        with quiet_native_output():
+            return convert_pt2e(prepared, fold_quantize=False)
 
     @property
     def scheme_prefix(self) -> str:
@@ -67,7 +77,7 @@ def _accuracy(prepared: torch.fx.GraphModule, loader, source: ExportSource) -> f
 
 
 def quantization_aware_training(source: ExportSource, recipe: Recipe, console: Console) -> QATResult:
-    _litert_torch()
+    litert_torch()
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -78,7 +88,7 @@ def quantization_aware_training(source: ExportSource, recipe: Recipe, console: C
     with quiet_native_output():
         program = torch.export.export(channels_last(folded), (torch.zeros(2, size, size, 3),),
                                       dynamic_shapes={"x": {0: batch}}, strict=True)
-        prepared = prepare_qat_pt2e(program.module(), _quantizer([], qat=True))
+        prepared = prepare_qat_pt2e(program.module(), quantizer([], qat=True))
 
     dataset = load_dataset(recipe.data.dataset)
     train_loader = make_loader(dataset.train, source.pre, recipe.data.batch_size, train=True,
@@ -105,18 +115,3 @@ def quantization_aware_training(source: ExportSource, recipe: Recipe, console: C
     tuned_state = {k.removeprefix("wrapped."): v for k, v in prepared.state_dict().items()}
     folded.load_state_dict({k: tuned_state[k] for k in folded.state_dict()})
     return QATResult(prepared, folded.eval(), q.epochs, accuracy)
-
-
-def export_tflite_qat(result: QATResult, img_size: int, path) -> None:
-    _litert_torch()
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    from edgecnn.export.tflite import _convert
-
-    prepared = copy.deepcopy(result.prepared)
-    move_exported_model_to_eval(prepared)
-    with quiet_native_output():
-        converted = convert_pt2e(prepared, fold_quantize=False)
-    _convert(converted, img_size, path, QuantConfig(pt2e_quantizer=_quantizer([], qat=True)))

@@ -18,7 +18,9 @@ def run_export(recipe: Recipe, checkpoint: str | Path, out_dir: Path, console: C
                ) -> tuple[dict[str, str], dict[str, Any]]:
     q, e = recipe.quantize, recipe.export
     int8 = q.method != "none"
-    options = ExportOptions(tuple(e.formats), int8, q.target, q.max_accuracy_drop, q.fallback, e.allow_float_ops)
+    options = ExportOptions(formats=tuple(e.formats), int8=int8, target=q.target,
+                            max_accuracy_drop=q.max_accuracy_drop, fallback=q.fallback,
+                            allow_float_ops=e.allow_float_ops)
     source = source_from_checkpoint(checkpoint)
     if q.method == "qat":
         from edgecnn.export.qat import quantization_aware_training

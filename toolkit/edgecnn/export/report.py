@@ -39,6 +39,14 @@ def print_export_table(console: Console, artefacts: list[Artefact], verification
     console.print("agreement: same top-1 as the float PyTorch model; sure agr.: the same, on images the float "
                   "model is ≥ 50 % sure of")
     for a in artefacts:
+        if a.calibration:
+            console.print(f"{a.path}: {a.scheme['target'] if a.scheme else ''} scheme, activation ranges "
+                          f"{a.calibration['method']}")
+        if a.layer_errors:
+            worst = ", ".join(f"{row['layer']} {row['sqnr_db']:.1f} dB" for row in a.layer_errors[:5])
+            console.print(f"  noisiest layers (SQNR against float on the calibration images): {worst}")
+        for warning in a.warnings:
+            console.print(f"  [yellow]warning: {warning}[/yellow]")
         if a.fallback and a.fallback["float_layers"]:
             f = a.fallback
             console.print(
@@ -48,11 +56,12 @@ def print_export_table(console: Console, artefacts: list[Artefact], verification
             )
 
 
-def export_report(artefacts: list[Artefact], calibration: Images | None, verification: Images) -> dict:
+def export_report(artefacts: list[Artefact], calibration: Images | None, verification: Images,
+                  doctor: dict | None = None) -> dict:
     return {
         "artifacts": [asdict(a) for a in artefacts],
         "calibration": None if calibration is None else {"samples": len(calibration),
-                                                         "images": calibration.description},
+                                                         "images": calibration.description, "doctor": doctor},
         "verification": {"samples": len(verification), "images": verification.description,
                          "labelled": verification.labels is not None},
     }

@@ -93,11 +93,45 @@ def folder_images(folder: str | Path, pre: Preprocess) -> Images:
     return Images(np.stack([resize_image(read_image(p), pre) for p in paths]), None, f"images in {folder}")
 
 
+def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> Images:
+    """Every `every`-th frame of a video (up to `limit`), resized for the model: a camera's own footage."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCNNError(f"--calib-video {path}: no such file")
+    capture = cv2.VideoCapture(str(path))
+    frames, index = [], 0
+    try:
+        while len(frames) < limit:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                frames.append(resize_image(frame, pre, color="BGR"))
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise EdgeCNNError(f"--calib-video {path}: no frame could be read (not a video OpenCV can decode?)")
+    return Images(np.stack(frames), None, f"1 in {every} frames of {path.name}")
+
+
+def split_video(frames: Images) -> tuple[Images, Images]:
+    """Calibrate on the first half of the footage and verify on the second: neighbouring frames are near
+    copies, so an alternating split would verify on the calibration images in all but name."""
+    half = len(frames) // 2
+    if half == 0:
+        raise EdgeCNNError(f"{frames.description}: need at least 2 frames to calibrate and verify")
+    return (Images(frames.pixels[:half], None, frames.description + " (first half)"),
+            Images(frames.pixels[half:], None, frames.description + " (second half, not used to calibrate)"))
+
+
 def split_unlabelled(images: Images, calib_samples: int) -> tuple[Images, Images]:
     """Calibrate on one part of an unlabelled folder and verify on the rest, so agreement is not measured on
-    the very images the ranges were fitted to (with fewer than 20 images both use all of them)."""
-    if len(images) < 20:
-        return images.head(calib_samples), images
+    the very images the ranges were fitted to."""
+    if len(images) < 2:
+        raise EdgeCNNError(f"{images.description}: need at least 2 images (one to calibrate, one to verify)")
     calib = Images(images.pixels[::2][:calib_samples], None, images.description + " (even-numbered)")
     held_out = Images(images.pixels[1::2], None, images.description + " (odd-numbered, not used to calibrate)")
     return calib, held_out

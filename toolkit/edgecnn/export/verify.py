@@ -69,8 +69,10 @@ class Verification:
 
 
 def artefact_logits(path: Path, images: Images, threads: int | None = None) -> np.ndarray:
+    """The artefact's logits on `images`, which are already cropped and resized as the float reference saw them:
+    running them through the full `prepare` would crop them a second time."""
     classifier = load(path, threads=threads)
-    samples = np.stack([classifier.prepare(p, color="RGB") for p in images.pixels])
+    samples = np.stack([classifier.inputs.prepare_resized(p) for p in images.pixels])
     return classifier.logits(samples)
 
 

@@ -70,7 +70,12 @@ class InputPipeline:
         """One H×W×3 (or H×W) uint8 frame → one input sample."""
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
             raise EdgeCNNError(f"expected an H×W×3 or H×W uint8 image, got {frame.dtype} array of shape {frame.shape}")
-        x = cv2.LUT(resize_image(frame, self.pre, color=color), self._lut).view(self.spec.dtype)
+        return self.prepare_resized(resize_image(frame, self.pre, color=color))
+
+    def prepare_resized(self, image: np.ndarray) -> np.ndarray:
+        """An image as `resize_image` returns it (cropped, at the input size, in the model's colour order) → one
+        input sample: only the table lookup and the layout are left."""
+        x = cv2.LUT(image, self._lut).view(self.spec.dtype)
         return np.ascontiguousarray(x.transpose(2, 0, 1)) if self.layout == "NCHW" else x
 
 

@@ -1,0 +1,108 @@
+"""The int8 machinery below the export: range estimators, the target's scheme, the calibration doctor, and the
+per-layer error report on a real PT2E graph."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from edgecnn.errors import EdgeCNNError
+from edgecnn.quantize.doctor import examine
+from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range, quantization_mse
+from edgecnn.quantize.target import host_target, scheme_for
+
+
+def histogram(values: np.ndarray) -> Histogram:
+    h = Histogram.empty(values.min(), values.max())
+    h.add(values)
+    return h
+
+
+@pytest.fixture(scope="module")
+def heavy_tailed():
+    return histogram(np.random.default_rng(0).laplace(size=200_000))
+
+
+def test_minmax_is_the_observed_range(heavy_tailed):
+    assert activation_range(heavy_tailed, "minmax") == pytest.approx((heavy_tailed.low, heavy_tailed.high))
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
+def test_clipping_methods_clip_a_heavy_tail(heavy_tailed, method):
+    low, high = activation_range(heavy_tailed, method)
+    assert heavy_tailed.low < low < 0 < high < heavy_tailed.high
+
+
+def test_mse_range_has_the_least_expected_error(heavy_tailed):
+    errors = {m: quantization_mse(heavy_tailed, *activation_range(heavy_tailed, m)) for m in METHODS}
+    assert errors["mse"] == min(errors.values())
+    assert errors["mse"] < 0.8 * errors["minmax"]
+
+
+def test_non_negative_tensors_keep_zero_as_the_low_end():
+    relu = histogram(np.maximum(np.random.default_rng(1).standard_normal(100_000), 0))
+    for method in METHODS:
+        low, high = activation_range(relu, method)
+        assert low == 0.0 and 1.0 < high <= relu.high
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_constant_tensor_still_gets_a_usable_range(method):
+    """A dead channel or a collapsed model gives a tensor of one value: a zero-width range would make a zero
+    scale, which XNNPACK refuses to prepare."""
+    for value in (0.0, 3.0, -2.0):
+        low, high = activation_range(histogram(np.full(1000, value, np.float32)), method)
+        assert high - low >= MIN_SPAN and low <= min(value, 0) and high >= max(value, 0)
+
+
+@pytest.mark.parametrize("flags, machine, expected", [
+    ("fpu sse2 avx avx2 fma", "x86_64", "x86-avx2"),
+    ("fpu avx2 avx512f avx512_vnni", "x86_64", "x86-vnni"),
+    ("fpu avx2 avx_vnni", "x86_64", "x86-vnni"),
+    ("fp asimd asimddp", "aarch64", "arm"),
+])
+def test_the_host_target_follows_the_isa(flags, machine, expected):
+    assert host_target(f"processor\t: 0\nflags\t\t: {flags}\n", machine) == expected
+
+
+def test_schemes_by_name():
+    assert scheme_for("x86").reduce_range is True and scheme_for("x86-vnni").reduce_range is False
+    assert scheme_for("pi5").onnx_activations == "int8"
+    assert "this machine" in scheme_for("host").reason
+    with pytest.raises(EdgeCNNError, match="unknown target 'x68'.*did you mean"):
+        scheme_for("x68")
+
+
+def test_the_doctor_refuses_shared_images_and_names_problems():
+    rng = np.random.default_rng(0)
+    verification = rng.integers(0, 255, (40, 8, 8, 3), np.uint8)
+    with pytest.raises(EdgeCNNError, match="2 of the 10 calibration images are also verification images"):
+        examine(np.concatenate([verification[:2], rng.integers(0, 255, (8, 8, 8, 3), np.uint8)]), verification)
+    dark = rng.integers(0, 60, (10, 8, 8, 3), np.uint8)
+    report = examine(np.concatenate([dark, dark[:2]]), verification)
+    assert report["duplicates"] == 2 and report["samples"] == 12
+    text = " ".join(report["warnings"])
+    assert "only 10 distinct calibration images" in text and "darker than the verification" in text
+    good = examine(rng.integers(0, 255, (64, 8, 8, 3), np.uint8), verification)
+    assert good["warnings"] == []
+    shared = examine(verification[:40], verification, refuse_overlap=False)
+    assert shared["overlap_with_verification"] == 40
+
+
+def test_layer_errors_name_every_quantized_layer_by_module_path():
+    from edgecnn.models import build_model
+    from edgecnn.quantize import pt2e
+
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10).eval()
+    calibration = torch.randn(16, 3, 32, 32)
+    observed = pt2e.observe(model, calibration, "NHWC")
+    rows = pt2e.layer_errors(observed, observed.convert("minmax"), calibration)
+    layers = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {r["layer"] for r in rows} == layers
+    assert [r["sqnr_db"] for r in rows] == sorted(r["sqnr_db"] for r in rows)
+    assert all(5 < r["sqnr_db"] < math.inf for r in rows)
+    # Kept in float, a layer is not reported as quantized.
+    first = next(iter(layers))
+    kept = pt2e.observe(model, calibration, "NHWC", [first])
+    assert first not in {r["layer"] for r in pt2e.layer_errors(kept, kept.convert("minmax"), calibration)}

@@ -1,0 +1,307 @@
+"""Post-training int8 in PyTorch through PT2E, with edgecnn's own activation ranges.
+
+    observed = observe(model, calibration, layout="NHWC")    # export, insert observers, gather histograms
+    graph = observed.convert("mse")                           # ranges chosen by one method → fake-quant graph
+
+The converted graph computes what the int8 .tflite computes (litert-torch converts it as it is); its per-layer
+outputs against the float graph's give the signal-to-quantization-noise report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.native import quiet_native_output
+from edgecnn.quantize.ranges import Histogram, activation_range
+
+
+def litert_torch():
+    """Import the converter stack with its first-import notices (absl, oneDNN, torch pytree) kept quiet."""
+    with quiet_native_output():
+        import litert_torch
+        import litert_torch.quantize.quant_config  # noqa: F401  (pulls in jax and transformers)
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    return litert_torch
+
+
+class NHWCInput(nn.Module):
+    """Takes camera-layout (N, H, W, C) input; the converter folds the transpose into the first conv."""
+
+    def __init__(self, wrapped: nn.Module):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wrapped(x.permute(0, 3, 1, 2))
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    return NHWCInput(model).eval()
+
+
+def quantizer(float_layers: Sequence[str] = (), qat: bool = False):
+    """litert-torch's PT2E quantizer (per-channel symmetric int8 weights, int8 activations) that leaves the named
+    modules in float. For post-training quantization activations get min/max observers whose ranges edgecnn
+    replaces with its own choice before converting."""
+    litert_torch()
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    class PartialQuantizer(PT2EQuantizer):
+        """litert-torch's own set_module_name() matches names rebuilt from nn_module_stack keys, which no longer
+        carry the module path in torch 2.14; the stack's values do."""
+
+        # Its conv+BN QAT annotators build their patterns with a torch.export call that torch 2.14 refuses;
+        # edgecnn folds BatchNorm into the convolutions before QAT instead, so those patterns never occur.
+        STATIC_QAT_ONLY_OPS: list[str] = []
+
+        def _annotate_for_static_quantization_config(self, model):
+            keep = {f"wrapped.{name}" for name in float_layers}
+
+            def quantized(node) -> bool:
+                return not keep.intersection(path for path, _ in node.meta.get("nn_module_stack", {}).values())
+
+            self._annotate_all_static_patterns(model, self.global_config, quantized)
+            return model
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    if not qat:
+        act = dataclasses.replace(config.input_activation,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    return PartialQuantizer().set_global(config)
+
+
+def _is_activation_observer(module: nn.Module) -> bool:
+    return getattr(module, "qscheme", None) == torch.per_tensor_affine and hasattr(module, "min_val")
+
+
+_CLAMPS = {
+    torch.ops.aten.relu.default: (0.0, math.inf), torch.ops.aten.relu_.default: (0.0, math.inf),
+    torch.ops.aten.hardtanh.default: (-1.0, 1.0), torch.ops.aten.hardtanh_.default: (-1.0, 1.0),
+    torch.ops.aten.clamp.default: (-math.inf, math.inf),
+}
+
+
+def _output_bounds(node: torch.fx.Node) -> tuple[float, float]:
+    """The values that survive the clamps consuming an observed tensor. The quantizer leaves ReLU6 (hardtanh)
+    after the convolution's output quantizer and lets it share the scale: a range over the convolution's raw
+    output (MobileNetV2: about -9 to 20) would spend most of its 256 levels on values ReLU6 then cuts away."""
+    bounds = (-math.inf, math.inf)
+    for user in node.users:
+        if user.target not in _CLAMPS:
+            return -math.inf, math.inf
+        low, high = _CLAMPS[user.target]
+        args = list(user.args[1:]) + [None, None]
+        low = low if args[0] is None else float(args[0])
+        high = high if args[1] is None else float(args[1])
+        bounds = (max(bounds[0], low) if bounds[0] != -math.inf else low,
+                  min(bounds[1], high) if bounds[1] != math.inf else high)
+    return bounds
+
+
+def module_path(node: torch.fx.Node) -> str | None:
+    """The innermost PyTorch module a graph node came from, without the NHWC wrapper's prefix."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path.removeprefix("wrapped.") or None
+
+
+WEIGHTED = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def weighted_nodes(graph: torch.fx.GraphModule) -> dict[str, str]:
+    """Graph node name → module path of every conv/linear node."""
+    return {n.name: module_path(n) or n.name for n in graph.graph.nodes if n.target in WEIGHTED}
+
+
+@dataclass
+class Observed:
+    """The PT2E-prepared graph of one model and the histograms of its activations on the calibration images."""
+
+    prepared: torch.fx.GraphModule
+    histograms: dict[str, Histogram]
+    calibration: torch.Tensor  # normalised N×3×H×W
+    layout: str
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return images.permute(0, 2, 3, 1) if self.layout == "NHWC" else images
+
+    def convert(self, method: str) -> torch.fx.GraphModule:
+        """The fake-quantized graph with every activation range chosen by `method`."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        prepared = copy.deepcopy(self.prepared)
+        for name, module in prepared.named_modules():
+            if name in self.histograms:
+                low, high = activation_range(self.histograms[name], method)
+                module.min_val.fill_(low)
+                module.max_val.fill_(high)
+        with quiet_native_output():
+            return convert_pt2e(prepared, fold_quantize=False)
+
+
+BATCH = 32
+
+
+def run(graph: torch.fx.GraphModule, samples: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([graph(samples[i : i + BATCH]).numpy() for i in range(0, len(samples), BATCH)])
+
+
+def export_graph(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """torch.export (strict: the default non-strict export leaves residual adds in float), any batch size."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with quiet_native_output():  # torch.export logs deprecation notices through glog
+        try:
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=True).module()
+        except Exception as e:
+            raise EdgeCNNError(f"torch.export (strict) cannot export the model: {first_line(e)}") from None
+
+
+def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
+            float_layers: Sequence[str] = ()) -> Observed:
+    """Export `model` (NHWC input for TFLite, NCHW as it is), insert observers and histogram every activation
+    the int8 graph will quantize: one pass for the extremes, one for the histograms over them."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    observed = Observed(None, {}, calibration, layout)  # type: ignore[arg-type]
+    samples = observed.inputs(calibration)
+    graph = export_graph(channels_last(model) if layout == "NHWC" else model.eval(), samples[:2])
+    with quiet_native_output():
+        prepared = prepare_pt2e(graph, quantizer(float_layers))
+    run(prepared, samples)
+    observers = {name: m for name, m in prepared.named_modules() if _is_activation_observer(m)}
+    bounds = {n.target: _output_bounds(n) for n in prepared.graph.nodes if n.target in observers}
+    histograms = {name: Histogram.empty(*np.clip([m.min_val.item(), m.max_val.item()], *bounds[name]))
+                  for name, m in observers.items()}
+
+    def hook(name):
+        return lambda module, args, output: histograms[name].add(np.clip(args[0].detach().numpy(), *bounds[name]))
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in observers.items()]
+    try:
+        run(prepared, samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    observed.prepared, observed.histograms = prepared, histograms
+    return observed
+
+
+class _Done(Exception):
+    pass
+
+
+def node_values(graph: torch.fx.GraphModule, batch: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the named nodes on one batch, through the fx interpreter; stops after the last of them."""
+    wanted, values = set(names), {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            if node.name in wanted:
+                values[node.name] = result.detach().clone()  # a later in-place op (ReLU6) would change it
+                if len(values) == len(wanted):
+                    raise _Done
+            return result
+
+    with torch.no_grad(), contextlib.suppress(_Done):
+        Recorder(graph).run(batch)
+    return values
+
+
+def _batches(samples: torch.Tensor):
+    return (samples[i : i + BATCH] for i in range(0, len(samples), BATCH))
+
+
+def _channel_means(graph: torch.fx.GraphModule, inputs: torch.Tensor, names: Sequence[str]) -> dict:
+    """Mean of each named node's output per channel (axis 1) over all samples and positions."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for batch in _batches(inputs):
+        for name, values in node_values(graph, batch, names).items():
+            flat = values.transpose(0, 1).reshape(values.shape[1], -1)
+            sums[name] = sums.get(name, 0) + flat.sum(1)
+            counts[name] = counts.get(name, 0) + flat.shape[1]
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+
+
+def quantized_layers(converted: torch.fx.GraphModule) -> dict[str, str]:
+    """Node name → module path of every conv/linear whose weight is int8 (dequantized), i.e. not kept in float."""
+    paths = weighted_nodes(converted)
+    return {n.name: paths[n.name] for n in converted.graph.nodes if n.target in WEIGHTED
+            and "dequantize" in str(getattr(n.args[1], "target", ""))}
+
+
+def _passes_through(node: torch.fx.Node) -> bool:
+    return node.op == "call_module" or node.target in _CLAMPS or "quantize" in str(node.target)
+
+
+def layer_outputs(graph: torch.fx.GraphModule, layers) -> dict[str, str]:
+    """Layer node → the node holding its output as the next layer sees it: after its activation (ReLU6) and its
+    output quantizer. A pre-activation value would count noise on negatives that ReLU6 then discards."""
+    nodes = {n.name: n for n in graph.graph.nodes}
+    ends = {}
+    for name in layers:
+        node = nodes[name]
+        while len(node.users) == 1 and _passes_through(next(iter(node.users))):
+            node = next(iter(node.users))
+        ends[name] = node.name
+    return ends
+
+
+def layer_errors(observed: Observed, converted: torch.fx.GraphModule, samples: torch.Tensor) -> list[dict]:
+    """Signal-to-quantization-noise ratio (dB) of every quantized conv/linear layer's output (after its
+    activation, as the next layer sees it) against the float graph's, worst first."""
+    layers = quantized_layers(converted)
+    float_ends, int8_ends = layer_outputs(observed.prepared, layers), layer_outputs(converted, layers)
+    signal, noise = dict.fromkeys(layers, 0.0), dict.fromkeys(layers, 0.0)
+    for batch in _batches(observed.inputs(samples)):
+        reference = node_values(observed.prepared, batch, list(float_ends.values()))
+        actual = node_values(converted, batch, list(int8_ends.values()))
+        for name in layers:
+            expected = reference[float_ends[name]]
+            signal[name] += float((expected**2).sum())
+            noise[name] += float(((expected - actual[int8_ends[name]]) ** 2).sum())
+    rows = [{"layer": path, "sqnr_db": round(sqnr_db(signal[n], noise[n]), 2)} for n, path in layers.items()]
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def _bias(converted: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor:
+    bias_node = node.args[2]
+    while bias_node.op != "get_attr":  # a pass-through in front of the parameter
+        bias_node = bias_node.args[0]
+    return functools.reduce(getattr, bias_node.target.split("."), converted)
+
+
+def correct_biases(observed: Observed, converted: torch.fx.GraphModule, samples: torch.Tensor) -> int:
+    """Empirical bias correction (Nagel et al. 2019), layer by layer in graph order: shift each quantized layer's
+    bias by the mean error of its output per channel against the float graph, the layers before it already
+    corrected. Returns the number of layers corrected."""
+    layers = [n for n in converted.graph.nodes if n.name in quantized_layers(converted)
+              and len(n.args) > 2 and n.args[2] is not None]
+    inputs = observed.inputs(samples)
+    reference = _channel_means(observed.prepared, inputs, [n.name for n in layers])
+    for node in layers:
+        error = _channel_means(converted, inputs, [node.name])[node.name] - reference[node.name]
+        with torch.no_grad():
+            _bias(converted, node).sub_(error.to(torch.float32))
+    return len(layers)
