@@ -145,9 +145,10 @@ def test_convnext_edge_trains_exports_and_reports_its_float_layers(tmp_path_fact
 
     checkpoint = train_quietly(tmp_path_factory, "convnext", "convnext_edge", epochs=3, lr=0.05)
     report = tmp_path / "export.json"
-    strict = edgecnn("export", checkpoint, "--int8", "--out", tmp_path / "strict")
+    strict = edgecnn("export", checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path / "strict")
     assert_clean_error(strict, "float ops left", "features.0.1")  # the stem's LayerNorm, named
-    result = edgecnn("export", checkpoint, "--int8", "--allow-float-ops", "--out", tmp_path, "--json", report)
+    result = edgecnn("export", checkpoint, "--int8", "--calibration", "minmax", "--allow-float-ops", "--out", tmp_path,
+                     "--json", report)
     assert result.returncode == 0, result.stderr
     artefacts = {a["format"]: a for a in json.loads(report.read_text())["artifacts"]}
     assert any("MEAN" in op or "RSQRT" in op for op in artefacts["tflite"]["float_ops"])

@@ -96,7 +96,7 @@ def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
 
 
 def test_info_shows_the_card(digits_checkpoint, tmp_path):
-    export_json(digits_checkpoint, "--int8", "--out", tmp_path)
+    export_json(digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path)
     for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
         shown = edgecnn("info", path)
         assert shown.returncode == 0, shown.stderr
@@ -113,7 +113,7 @@ def test_info_shows_the_card(digits_checkpoint, tmp_path):
 
 def test_runtime_classifies_from_the_card_alone(digits_checkpoint, tmp_path):
     """A camera script needs only the file: BGR frames of any size in, labels out."""
-    export_json(digits_checkpoint, "--int8", "--out", tmp_path)
+    export_json(digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path)
     test = load_dataset("digits").test
     for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
         clf = runtime.load(path, threads=1)
@@ -134,7 +134,8 @@ def test_float_op_left_is_named_and_nothing_is_written(tmp_path):
     save_checkpoint(ckpt, Checkpoint("mobilenet_v3_small", 10, [str(i) for i in range(10)],
                                      Preprocess(32, (0.3,) * 3, (0.37,) * 3), "digits", model.state_dict(), 0.5))
     out = tmp_path / "out"
-    result, report = export_json(ckpt, "--int8", "--format", "tflite", "--eval-samples", "20", "--out", out)
+    result, report = export_json(ckpt, "--int8", "--calibration", "minmax", "--format", "tflite", "--eval-samples",
+                                 "20", "--out", out)
     assert_clean_error(result, "tflite: float ops left", "scale_activation", "--allow-float-ops")
     assert report["artifacts"][0]["status"] == "float ops left"
     assert not (out / "mobilenet_v3_small_int8.tflite").exists()

@@ -293,7 +293,7 @@ def test_generated_option_values_fail_cleanly(digits_int8, tmp_path_factory):
     verbs = {
         "bench": (["bench", missing["model"]], ["--threads", "--runs", "--warmup", "--min-seconds", "--batch",
                                                  "--rounds", "--samples", "--input-shape", "--device", "--timeout",
-                                                 "--target", "--max-accuracy-drop"]),
+                                                 "--int8-target", "--max-accuracy-drop"]),
         "watch": (["watch", missing["video"], "--model", digits_int8["tflite"]],
                   ["--threads", "--img-size", "--mean", "--std", "--every", "--max-fps", "--roi", "--max-frames",
                    "--alert", "--threshold", "--min-frames", "--give-up-after"]),

@@ -44,8 +44,8 @@ def test_pruned_backbones_reload_and_export_fully_int8(name, width, tmp_path):
     reloaded = load_checkpoint(ckpt_path).build()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reloaded(x), pruned.eval()(x))
-    result = edgecnn("export", ckpt_path, "--int8", "--eval-samples", "50", "--out", tmp_path / "out",
-                     "--json", tmp_path / "r.json")
+    result = edgecnn("export", ckpt_path, "--int8", "--calibration", "minmax", "--eval-samples", "50",
+                     "--out", tmp_path / "out", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     for artefact in json.loads((tmp_path / "r.json").read_text())["artifacts"]:
         assert artefact["float_ops"] == [] and read_model_file(artefact["path"]).float_ops == []

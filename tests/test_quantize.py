@@ -106,3 +106,13 @@ def test_layer_errors_name_every_quantized_layer_by_module_path():
     first = next(iter(layers))
     kept = pt2e.observe(model, calibration, "NHWC", [first])
     assert first not in {r["layer"] for r in pt2e.layer_errors(kept, kept.convert("minmax"), calibration)}
+
+
+
+def test_a_tensor_of_almost_one_value_is_histogrammed():
+    """A range narrower than float32 can split into 2048 bins (a nearly dead channel) is one value, not an error."""
+    values = np.full(1000, 0.3, np.float32) + np.float32(1e-8) * np.arange(1000, dtype=np.float32) / 1000
+    h = histogram(values)
+    assert h.counts.sum() == 1000
+    low, high = activation_range(h, "mse")
+    assert low == 0.0 and high >= 0.3

@@ -23,7 +23,7 @@ print("heavy:", heavy)
 
 
 def test_runtime_and_info_import_no_torch(digits_checkpoint, tmp_path):
-    assert edgecnn("export", digits_checkpoint, "--int8", "--out", tmp_path).returncode == 0
+    assert edgecnn("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path).returncode == 0
     for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
         result = subprocess.run([sys.executable, "-c", NO_TORCH, str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

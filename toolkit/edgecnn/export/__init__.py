@@ -9,7 +9,6 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import time
@@ -48,7 +47,6 @@ class ExportOptions:
     sidecar: bool = False  # also write FILE.sha256 beside each artefact
     calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
     bias_correction: bool = False  # also try empirical bias correction (slow on large models)
-    adaround: bool = False  # learn the weights' rounding on the calibration images (minutes on large models)
 
 
 @dataclass
@@ -128,22 +126,6 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     }
 
 
-def _rounded(source: ExportSource, options: ExportOptions, fmt: str, scheme, calibration: torch.Tensor | None,
-             console: Console) -> ExportSource:
-    """The source the int8 builder quantizes: with --adaround, a BatchNorm-folded copy whose weights sit on the
-    format's int8 grid with learned rounding (7-bit for an ONNX reduce_range scheme)."""
-    if not (options.int8 and options.adaround) or source.qat is not None:
-        return source
-    from edgecnn.quantize.adaround import adaround
-
-    levels = 63 if fmt == "onnx" and scheme.reduce_range else 127
-    started = time.perf_counter()
-    rounded = adaround(source.model, calibration, levels)
-    console.print(f"  {fmt}: learned the rounding of the weights ({levels} steps a side) in "
-                  f"{time.perf_counter() - started:.1f} s")
-    return dataclasses.replace(source, model=rounded)
-
-
 def format_builder(fmt: str, source: ExportSource, calibration: torch.Tensor | None, scheme, scratch: Path):
     """The builder of one format: `build(path, float_layers)` with its `candidate` ranges, `target()`,
     `candidates()`, `layer_errors`, `layer_id(layer)`, `method` and `corrects_biases`."""
@@ -213,16 +195,10 @@ def export(
         for fmt in options.formats:
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
             console.print(f"exporting {final} ...")
+            builder = format_builder(fmt, source, calib_tensor, scheme, Path(scratch))
             try:
-                started = time.perf_counter()
-                builder = format_builder(fmt, _rounded(source, options, fmt, scheme, calib_tensor, console),
-                                         calib_tensor, scheme, Path(scratch))
-                rounding_seconds = time.perf_counter() - started
                 artefact = _export_one(builder, fmt, options, Path(scratch), final, calibration, verification,
                                        reference, console, calib_reference)
-                artefact.export_seconds = round(artefact.export_seconds + rounding_seconds, 2)
-                if artefact.calibration and artefact.calibration["adaround"]:
-                    artefact.calibration["adaround_seconds"] = round(rounding_seconds, 1)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
             except OSError as e:  # a full disk while building: nothing is written under the final name
@@ -258,7 +234,6 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
     if options.int8:
         artefact.scheme = builder.target()
         artefact.calibration = choice.report() if choice else {"method": builder.method}
-        artefact.calibration["adaround"] = options.adaround and builder.source.qat is None
         artefact.warnings = warnings(artefact, options, len(verification))
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
     # The fallback ranks layers by post-training quantization; after QAT that ranking would not apply.

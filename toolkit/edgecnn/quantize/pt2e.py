@@ -176,6 +176,7 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
             float_layers: Sequence[str] = ()) -> Observed:
     """Export `model` (NHWC input for TFLite, NCHW as it is), insert observers and histogram every activation
     the int8 graph will quantize: one pass for the extremes, one for the histograms over them."""
+    litert_torch()  # first: its quiet import also silences torchao's import-time notices
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     observed = Observed(None, {}, calibration, layout)  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ class Histogram:
         return cls(float(low), float(high), np.zeros(BINS, np.float64))
 
     def add(self, values: np.ndarray) -> None:
-        if self.high > self.low:
+        # A (near-)constant tensor: bins narrower than float32 can tell apart; it is one value.
+        if self.high - self.low > 1e-5 * max(1.0, abs(self.low), abs(self.high)):
             self.counts += np.histogram(values, BINS, (self.low, self.high))[0]
         else:
             self.counts[0] += values.size

