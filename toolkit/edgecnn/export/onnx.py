@@ -240,8 +240,6 @@ def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, flo
 class OnnxBuilder:
     """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and report layer errors."""
 
-    corrects_biases = False  # bias correction runs on the PT2E graph, which only the .tflite is built from
-
     def __init__(self, source, calibration: torch.Tensor | None, scheme: Scheme, scratch: Path):
         self.source, self.calibration, self.scheme, self.scratch = source, calibration, scheme, scratch
         # After QAT no range search runs: percentile ranges, the best single method of onnxruntime's own
@@ -298,9 +296,10 @@ class OnnxBuilder:
             return []
         from edgecnn.runtime.modelfile import onnx_layer_path
 
-        # The exporter folds each BatchNorm into its convolution and names the result after the BatchNorm.
+        # Module paths from the exported graph (pre-processing may drop node metadata); the exporter folds each
+        # BatchNorm into its convolution and names the result after the BatchNorm.
         paths = {n.name: self._convolution_of.get(path, path)
-                 for n in onnx.load(self._prepared).graph.node for path in [onnx_layer_path(n)]}
+                 for n in onnx.load(self.scratch / "float.onnx").graph.node for path in [onnx_layer_path(n)]}
         rows = layer_errors(onnx.load(self._prepared), self._last, self.calibration, paths)
         self._nodes = {row["layer"]: row.pop("node") for row in rows}
         return rows

@@ -53,8 +53,6 @@ def convert(module: nn.Module, img_size: int, path: Path, float_layers: Sequence
 class TFLiteBuilder:
     """The .tflite side of `edgecnn.export.export`: build with some layers in float, and report layer errors."""
 
-    corrects_biases = True
-
     def __init__(self, source, calibration: torch.Tensor | None):
         self.source, self.calibration = source, calibration
         self.candidate = Candidate("minmax")
@@ -83,8 +81,6 @@ class TFLiteBuilder:
             return None
         observed = self._observe(float_layers)
         graph = observed.convert(self.candidate.method)
-        if self.candidate.bias_correction:
-            pt2e.correct_biases(observed, graph, self.calibration)
         self._last = (observed, graph)
         convert(graph, size, path, float_layers)
         return f"{SCHEME}; activation ranges: {self.candidate.name}"

@@ -24,14 +24,13 @@ CHOICES = ("auto", *METHODS)
 @dataclass
 class Candidate:
     method: str
-    bias_correction: bool = False
     agreement: float | None = None  # top-1 agreement with the float model on the calibration images
     output_mse: float | None = None  # mean squared (dequantized) logit error there: breaks ties
     seconds: float = 0.0
 
     @property
     def name(self) -> str:
-        return self.method + (" + bias correction" if self.bias_correction else "")
+        return self.method
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Choice:
     def report(self) -> dict:
         how = (f"top-1 agreement with the float model on the {self.samples} calibration images, then the smallest "
                "logit error" if len(self.candidates) > 1 else "asked for")
-        return {"method": self.chosen.method, "bias_correction": self.chosen.bias_correction, "chosen_by": how,
+        return {"method": self.chosen.method, "chosen_by": how,
                 "candidates": [asdict(c) for c in self.candidates]}
 
 

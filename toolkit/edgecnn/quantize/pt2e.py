@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,18 +228,6 @@ def _batches(samples: torch.Tensor):
     return (samples[i : i + BATCH] for i in range(0, len(samples), BATCH))
 
 
-def _channel_means(graph: torch.fx.GraphModule, inputs: torch.Tensor, names: Sequence[str]) -> dict:
-    """Mean of each named node's output per channel (axis 1) over all samples and positions."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    for batch in _batches(inputs):
-        for name, values in node_values(graph, batch, names).items():
-            flat = values.transpose(0, 1).reshape(values.shape[1], -1)
-            sums[name] = sums.get(name, 0) + flat.sum(1)
-            counts[name] = counts.get(name, 0) + flat.shape[1]
-    return {name: sums[name] / counts[name] for name in sums}
-
-
 def sqnr_db(signal: float, noise: float) -> float:
     return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
 
@@ -284,25 +271,3 @@ def layer_errors(observed: Observed, converted: torch.fx.GraphModule, samples: t
             noise[name] += float(((expected - actual[int8_ends[name]]) ** 2).sum())
     rows = [{"layer": path, "sqnr_db": round(sqnr_db(signal[n], noise[n]), 2)} for n, path in layers.items()]
     return sorted(rows, key=lambda r: r["sqnr_db"])
-
-
-def _bias(converted: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor:
-    bias_node = node.args[2]
-    while bias_node.op != "get_attr":  # a pass-through in front of the parameter
-        bias_node = bias_node.args[0]
-    return functools.reduce(getattr, bias_node.target.split("."), converted)
-
-
-def correct_biases(observed: Observed, converted: torch.fx.GraphModule, samples: torch.Tensor) -> int:
-    """Empirical bias correction (Nagel et al. 2019), layer by layer in graph order: shift each quantized layer's
-    bias by the mean error of its output per channel against the float graph, the layers before it already
-    corrected. Returns the number of layers corrected."""
-    layers = [n for n in converted.graph.nodes if n.name in quantized_layers(converted)
-              and len(n.args) > 2 and n.args[2] is not None]
-    inputs = observed.inputs(samples)
-    reference = _channel_means(observed.prepared, inputs, [n.name for n in layers])
-    for node in layers:
-        error = _channel_means(converted, inputs, [node.name])[node.name] - reference[node.name]
-        with torch.no_grad():
-            _bias(converted, node).sub_(error.to(torch.float32))
-    return len(layers)

@@ -31,8 +31,10 @@ class Histogram:
 
     def add(self, values: np.ndarray) -> None:
         # A (near-)constant tensor: bins narrower than float32 can tell apart; it is one value.
-        if self.high - self.low > 1e-5 * max(1.0, abs(self.low), abs(self.high)):
-            self.counts += np.histogram(values, BINS, (self.low, self.high))[0]
+        span = self.high - self.low
+        if np.isfinite(span) and span > 1e-5 * max(1.0, abs(self.low), abs(self.high)):
+            # In float64: NumPy computes the bin edges in the values' type, and float32 edges collapse.
+            self.counts += np.histogram(values.astype(np.float64, copy=False), BINS, (self.low, self.high))[0]
         else:
             self.counts[0] += values.size
 
