@@ -141,8 +141,8 @@ def test_full_disk_during_event_writing(digits_int8, small_disk, tmp_path):
     """The event log fills the disk mid-line: the line is taken back, watch stops with one clear line, the
     earlier lines and files are intact and every line on disk is whole."""
     events = small_disk / "events.jsonl"
-    # Nearly a whole 4 KiB tmpfs page: the first events of this run need the next page, which is not there.
-    earlier = b'{"label": "7", "note": "an earlier run' + b"." * 1300 + b'"}\n'
+    # Most of a 4 KiB tmpfs page: a few events of this run fit, the next ones need a page that is not there.
+    earlier = b'{"label": "7", "note": "an earlier run' + b"." * 1100 + b'"}\n'
     earlier *= 3
     events.write_bytes(earlier)
     (small_disk / "notes.txt").write_text("written before the disk filled up\n")
