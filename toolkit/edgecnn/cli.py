@@ -217,15 +217,7 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
     from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions, export, parse_formats
     from edgecnn.export.report import export_report, print_export_table
-    from edgecnn.export.sources import (
-        dataset_images,
-        folder_images,
-        source_from_checkpoint,
-        source_from_weights,
-        split_unlabelled,
-        split_video,
-        video_frames,
-    )
+    from edgecnn.export.sources import export_images, source_from_checkpoint, source_from_weights
     from edgecnn.quantize.calibrate import parse_calibration
     from edgecnn.quantize.doctor import examine
     from edgecnn.quantize.target import scheme_for
@@ -244,34 +236,15 @@ def export_cmd(checkpoint, model_name, weights, labels_file, width, img_size, fo
         source = source_from_weights(model_name, weights, labels, img_size, width)
     else:
         raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
-    if calib_images and calib_video:
-        raise EdgeCNNError("give --calib-images or --calib-video, not both")
-    data = dataset or source.dataset
-    frames = video_frames(calib_video, calib_every, source.pre, 2 * calib_samples) if calib_video else None
-    if data:
-        verification = dataset_images(data, "test", source.pre, eval_samples)
-        if frames is not None:
-            calibration = frames
-        else:
-            calibration = folder_images(calib_images, source.pre) if calib_images else dataset_images(
-                data, "train", source.pre, calib_samples)
-        calibration = calibration.head(calib_samples)
-    elif calib_images:
-        calibration, verification = split_unlabelled(folder_images(calib_images, source.pre), calib_samples)
-        verification = verification.head(eval_samples)
-    elif frames is not None:
-        calibration, verification = split_video(frames)
-        calibration, verification = calibration.head(calib_samples), verification.head(eval_samples)
-    else:
-        need = "--int8 needs calibration images" if int8 else "no images to verify the export on"
-        raise EdgeCNNError(f"{need}: give --dataset NAME, --calib-images DIR or --calib-video FILE")
+    calibration, verification = export_images(source, dataset, calib_images, calib_video, calib_every,
+                                              calib_samples, eval_samples, int8)
     doctor = None
     if not int8:
         calibration = None
     elif calibration is not None:
         console.print(f"calibrating on {len(calibration)} images: {calibration.description}")
         # Two splits of one labelled dataset may share images by the dataset's making: warn, do not refuse.
-        one_dataset = bool(data) and not calib_images and frames is None
+        one_dataset = bool(dataset or source.dataset) and not calib_images and not calib_video
         doctor = examine(calibration.pixels, verification.pixels, refuse_overlap=not one_dataset)
         for warning in doctor["warnings"]:
             console.print(f"[yellow]calibration images: {warning}[/yellow]")

@@ -135,3 +135,31 @@ def split_unlabelled(images: Images, calib_samples: int) -> tuple[Images, Images
     calib = Images(images.pixels[::2][:calib_samples], None, images.description + " (even-numbered)")
     held_out = Images(images.pixels[1::2], None, images.description + " (odd-numbered, not used to calibrate)")
     return calib, held_out
+
+
+def export_images(source: ExportSource, dataset: str | None, calib_images, calib_video, calib_every: int,
+                  calib_samples: int, eval_samples: int | None, int8: bool) -> tuple[Images, Images]:
+    """(calibration, verification) for an export: the dataset's held-out split verifies when there is one (the
+    checkpoint's, or --dataset), calibrating on its training split, a folder or a video; without one, a folder or a
+    video is split in two."""
+    if calib_images and calib_video:
+        raise EdgeCNNError("give --calib-images or --calib-video, not both")
+    data = dataset or source.dataset
+    frames = video_frames(calib_video, calib_every, source.pre, 2 * calib_samples) if calib_video else None
+    if data:
+        verification = dataset_images(data, "test", source.pre, eval_samples)
+        if frames is not None:
+            calibration = frames
+        elif calib_images:
+            calibration = folder_images(calib_images, source.pre)
+        else:
+            calibration = dataset_images(data, "train", source.pre, calib_samples)
+        return calibration.head(calib_samples), verification
+    if calib_images:
+        calibration, verification = split_unlabelled(folder_images(calib_images, source.pre), calib_samples)
+    elif frames is not None:
+        calibration, verification = split_video(frames)
+    else:
+        need = "--int8 needs calibration images" if int8 else "no images to verify the export on"
+        raise EdgeCNNError(f"{need}: give --dataset NAME, --calib-images DIR or --calib-video FILE")
+    return calibration.head(calib_samples), verification.head(eval_samples)
