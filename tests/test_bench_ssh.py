@@ -57,7 +57,7 @@ def _url(port: int) -> str:
 
 def test_bench_over_ssh_matches_local(sshd, digits_int8, tmp_path):
     config, port = sshd
-    common = ("--dataset", "digits", "--samples", "100", "--runs", "20")
+    common = ("--dataset", "digits", "--eval-samples", "100", "--runs", "20")
     remote = edgecnn("bench", digits_int8["tflite"], digits_int8["onnx"], *common, "--device", _url(port),
                      "--ssh-config", config, "--remote-python", sys.executable, "--json", tmp_path / "remote.json")
     assert remote.returncode == 0, remote.stderr + remote.stdout

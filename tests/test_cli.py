@@ -1,19 +1,55 @@
 import json
 
+import click
 import pytest
 import yaml
 from conftest import ROOT, assert_clean_error, edgecnn
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.runtime.modelfile import read_model_file
 
-VERBS = ["run", "train", "eval"]
+VERBS = ["run", "train", "eval", "prune", "export", "bench", "watch", "summary", "info", "device setup",
+         "device list"]
 
 
 @pytest.mark.parametrize("verb", [None, *VERBS])
 def test_help(verb):
-    result = edgecnn(*([verb] if verb else []), "--help")
+    result = edgecnn(*(verb.split() if verb else []), "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_option_has_help_and_one_meaning_per_word():
+    """--help is complete, and an option spelt the same in two verbs takes the same kind of value."""
+    from edgecnn.cli import cli
+
+    kinds: dict[str, set[str]] = {}
+    for path, command in _commands(cli):
+        assert command.help, path
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+                kind = "flag" if param.is_flag else type(param.type).__name__
+                kinds.setdefault(param.opts[0], set()).add(kind)
+    mixed = {option: k for option, k in kinds.items() if len(k) > 1}
+    assert not mixed, mixed
+    assert {"--batch", "--samples", "--model-file"}.isdisjoint(kinds)
+
+
+def test_json_dash_prints_json_alone(digits_int8):
+    shown = edgecnn("info", digits_int8["onnx"], "--json", "-")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["card"]["labels"] == [str(d) for d in range(10)]
+    table = edgecnn("summary", digits_int8["tflite"], "--json", "-")
+    assert table.returncode == 0, table.stderr
+    assert json.loads(table.stdout)["layers"]
 
 
 def test_train_then_eval_reaches_90_percent(digits_checkpoint, tmp_path):

@@ -104,12 +104,12 @@ def test_info_shows_the_card(digits_checkpoint, tmp_path):
         shown = edgecnn("info", path)
         assert shown.returncode == 0, shown.stderr
         assert "32×32" in shown.stdout and "calibration" in shown.stdout and "0, 1, 2" in shown.stdout
-        summary = json.loads(edgecnn("info", path, "--json").stdout)
+        summary = json.loads(edgecnn("info", path, "--json", "-").stdout)
         card = summary["card"]
         assert card["labels"] == [str(d) for d in range(10)] and card["preprocess"]["img_size"] == 32
         assert card["source"]["model"] == "tinycnn" and card["edgecnn_version"]
         assert summary["ops"]["float"] == 0 and summary["ops"]["int8"] > 0
-    tflite_card = json.loads(edgecnn("info", tmp_path / "tinycnn_int8.tflite", "--json").stdout)["card"]
+    tflite_card = json.loads(edgecnn("info", tmp_path / "tinycnn_int8.tflite", "--json", "-").stdout)["card"]
     assert tflite_card["input"]["layout"] == "NHWC" and tflite_card["input"]["dtype"] == "int8"
     assert tflite_card["input"]["scale"] > 0
 

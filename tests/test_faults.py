@@ -70,7 +70,7 @@ def test_sigkill_during_watch_loses_no_reported_event(digits_int8, tmp_path):
     """Every event the status line reported before the kill is on disk, every line is whole JSON, every
     snapshot a line names is a whole JPEG."""
     events = tmp_path / "events.jsonl"
-    proc = _edgecnn_process("watch", VIDEOS / "bikes.mp4", "--model", digits_int8["tflite"], "--realtime",
+    proc = _edgecnn_process("watch", digits_int8["tflite"], VIDEOS / "bikes.mp4", "--realtime",
                             "--alert", DIGITS, "--threshold", "0", "--min-frames", "1", "--events", events)
     _wait_until(lambda: events.exists() and events.read_text().count("\n") >= 8, proc)
     time.sleep(2.5)  # past a status line (every 2 s) that reports a count
@@ -150,7 +150,7 @@ def test_full_disk_during_event_writing(digits_int8, small_disk, tmp_path):
     (small_disk / "events_snapshots").symlink_to(tmp_path / "snapshots")  # so the log is what fills the disk
     keep = (small_disk / "notes.txt").read_bytes()
     _fill(small_disk)
-    result = edgecnn("watch", VIDEOS / "bikes.mp4", "--model", digits_int8["tflite"], "--alert", DIGITS,
+    result = edgecnn("watch", digits_int8["tflite"], VIDEOS / "bikes.mp4", "--alert", DIGITS,
                      "--threshold", "0", "--min-frames", "1", "--events", events)
     assert_clean_error(result, f"cannot write event to {events}", "No space left on device")
     text = events.read_bytes()
@@ -171,7 +171,7 @@ def test_rtsp_server_that_stalls_then_resumes(digits_int8, tmp_path):
     port = free_port()
     server = _start_rtsp(VIDEOS / "bikes.mp4", port)
     events, stats = tmp_path / "events.jsonl", tmp_path / "stats.json"
-    watch = _edgecnn_process("watch", f"rtsp://127.0.0.1:{port}/s", "--model", digits_int8["tflite"], "--alert",
+    watch = _edgecnn_process("watch", digits_int8["tflite"], f"rtsp://127.0.0.1:{port}/s", "--alert",
                              DIGITS, "--threshold", "0", "--min-frames", "1", "--events", events,
                              "--stats-json", stats)
     try:

@@ -125,7 +125,7 @@ def test_damaged_model_files_into_info_bench_load_and_watch(artefacts, tmp_path_
         path.write_bytes(data)
         run_cli("info", "info", path)
         run_cli("bench", "bench", path, "--runs", "1", "--warmup", "0")
-        run_cli("watch", "watch", missing_video, "--model", path, "--max-frames", "1")
+        run_cli("watch", "watch", path, missing_video, "--max-frames", "1")
         with no_hang(f"runtime.load {path}"):
             try:
                 load(path)
@@ -291,10 +291,10 @@ def test_generated_option_values_fail_cleanly(digits_int8, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-options")
     missing = {"model": folder / "none.tflite", "checkpoint": folder / "none.pt", "video": folder / "none.mp4"}
     verbs = {
-        "bench": (["bench", missing["model"]], ["--threads", "--runs", "--warmup", "--min-seconds", "--batch",
-                                                 "--rounds", "--samples", "--input-shape", "--device", "--timeout",
+        "bench": (["bench", missing["model"]], ["--threads", "--runs", "--warmup", "--min-seconds", "--batch-size",
+                                                 "--rounds", "--eval-samples", "--input-shape", "--device", "--timeout",
                                                  "--int8-target", "--max-accuracy-drop"]),
-        "watch": (["watch", missing["video"], "--model", digits_int8["tflite"]],
+        "watch": (["watch", digits_int8["tflite"], missing["video"]],
                   ["--threads", "--img-size", "--mean", "--std", "--every", "--max-fps", "--roi", "--max-frames",
                    "--alert", "--threshold", "--min-frames", "--give-up-after"]),
         "export": (["export", missing["checkpoint"]], ["--format", "--target", "--width", "--img-size",

@@ -7,8 +7,9 @@ from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model, model_spec
 from edgecnn.preprocess import Preprocess
-from edgecnn.prune import apply_layer_shapes, complexity, layer_shapes, prune_channels
+from edgecnn.prune import apply_layer_shapes, layer_shapes, prune_channels
 from edgecnn.runtime.modelfile import read_model_file
+from edgecnn.summary import complexity
 
 
 def test_prune_finetune_report_and_reload(digits_checkpoint, tmp_path):

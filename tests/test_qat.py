@@ -3,10 +3,10 @@
 import io
 
 import torch
-from edgecnn.export.recipe import run_export
 from edgecnn.export.sources import source_from_checkpoint
 from edgecnn.recipe import DataConfig, ExportConfig, ModelConfig, QuantizeConfig, Recipe
 from edgecnn.runtime.modelfile import read_model_file
+from edgecnn.workflows.export import run_export
 from rich.console import Console
 
 

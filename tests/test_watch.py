@@ -49,7 +49,7 @@ def _frames(path: Path) -> list[np.ndarray]:
 @needs_videos
 def test_file_every_roi_alerts_video_and_stats(digits_int8, tmp_path):
     events = tmp_path / "events.jsonl"
-    result = edgecnn("watch", VIDEOS / "bikes.mp4", "--model", digits_int8["tflite"], "--every", "2",
+    result = edgecnn("watch", digits_int8["tflite"], VIDEOS / "bikes.mp4", "--every", "2",
                      "--max-frames", "60", "--roi", "100,40,320,200", "--alert", DIGITS, "--threshold", "0",
                      "--min-frames", "2", "--events", events, "--save", tmp_path / "out.mp4",
                      "--stats-json", tmp_path / "stats.json")
@@ -91,7 +91,7 @@ def test_rtsp_stream_survives_a_server_restart_and_sigterm_loses_nothing(digits_
     server = _start_rtsp(VIDEOS / "bikes.mp4", port)
     events = tmp_path / "events.jsonl"
     watch = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "watch", f"rtsp://127.0.0.1:{port}/s", "--model", digits_int8["onnx"],
+        [sys.executable, "-m", "edgecnn", "watch", digits_int8["onnx"], f"rtsp://127.0.0.1:{port}/s",
          "--alert", DIGITS, "--threshold", "0", "--min-frames", "1", "--events", events,
          "--save", tmp_path / "out.mp4", "--stats-json", tmp_path / "stats.json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,21 +129,21 @@ def _not_a_classifier(path: Path) -> Path:
 
 @needs_videos
 def test_bad_watch_input(digits_int8, tmp_path):
-    model = ("--model", digits_int8["tflite"])
-    assert_clean_error(edgecnn("watch", tmp_path / "missing.mp4", *model), "video file not found")
-    assert_clean_error(edgecnn("watch", f"rtsp://127.0.0.1:{free_port()}/s", *model, timeout=60),
+    model = digits_int8["tflite"]
+    assert_clean_error(edgecnn("watch", model, tmp_path / "missing.mp4"), "video file not found")
+    assert_clean_error(edgecnn("watch", model, f"rtsp://127.0.0.1:{free_port()}/s", timeout=60),
                        "cannot open stream")
-    assert_clean_error(edgecnn("watch", "99", *model), "cannot open camera 99")
+    assert_clean_error(edgecnn("watch", model, "99"), "cannot open camera 99")
     (tmp_path / "not_a_video.mp4").write_bytes(os.urandom(4096))
-    assert_clean_error(edgecnn("watch", tmp_path / "not_a_video.mp4", *model), "cannot open video file")
+    assert_clean_error(edgecnn("watch", model, tmp_path / "not_a_video.mp4"), "cannot open video file")
     video = VIDEOS / "carphone_pristine.mp4"
-    assert_clean_error(edgecnn("watch", video, "--model", _not_a_classifier(tmp_path / "seg.onnx")),
+    assert_clean_error(edgecnn("watch", _not_a_classifier(tmp_path / "seg.onnx"), video),
                        "a classifier outputs (batch, classes)")
-    assert_clean_error(edgecnn("watch", video, *model, "--roi", "500,10,20,20"), "outside the 176×144 frame")
-    assert_clean_error(edgecnn("watch", video, *model, "--roi", "1,2,3"), "--roi")
-    assert_clean_error(edgecnn("watch", video, *model, "--alert", "cat"), "not a label")
+    assert_clean_error(edgecnn("watch", model, video, "--roi", "500,10,20,20"), "outside the 176×144 frame")
+    assert_clean_error(edgecnn("watch", model, video, "--roi", "1,2,3"), "--roi")
+    assert_clean_error(edgecnn("watch", model, video, "--alert", "cat"), "not a label")
     (tmp_path / "a_file").write_text("")
-    assert_clean_error(edgecnn("watch", video, *model, "--save", tmp_path / "a_file/out.mp4"), "--save")
+    assert_clean_error(edgecnn("watch", model, video, "--save", tmp_path / "a_file/out.mp4"), "--save")
 
 
 def test_classifier_refuses_frames_it_cannot_take(digits_int8):

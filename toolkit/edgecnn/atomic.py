@@ -12,6 +12,9 @@ from typing import Any
 
 from edgecnn.errors import EdgeCNNError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it: put it back at once (import time, one thread)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -24,6 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise EdgeCNNError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file follows the umask like any other
     try:
         yield tmp
         with open(tmp, "rb+") as f:

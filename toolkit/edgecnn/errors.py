@@ -17,7 +17,21 @@ def closest(name: str, choices) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def shorten(text: str, limit: int = 300) -> str:
+    """The first line of `text`, cut at a word boundary with '…' when longer than `limit` (a third-party
+    message can be a whole tensor dump)."""
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(",;: ") + " …"
+
+
 def first_line(e: BaseException) -> str:
     """'Type: first line of the message' — a third-party exception, cut down to one readable line."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+    text = shorten(str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

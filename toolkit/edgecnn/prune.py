@@ -10,12 +10,11 @@ modules.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, shorten
 
 SHAPED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
@@ -65,22 +64,6 @@ def layer_shapes_of(m: nn.Module) -> list[int]:
     return layer_shapes(nn.Sequential(m))["0"]
 
 
-@dataclass
-class Complexity:
-    macs: int
-    params: int
-
-
-def complexity(model: nn.Module, img_size: int) -> Complexity:
-    """Conv and linear multiply-accumulates of one image, counted as `edgecnn summary` and the .tflite/.onnx
-    layer tables count them (torch-pruning's counter adds BatchNorm and activations: +6 % on MobileNetV2), so
-    checkpoints, cards, files and the device profiles' calibration all use one measure."""
-    from edgecnn.summary import model_layers
-
-    layers = model_layers(model, img_size)
-    return Complexity(sum(layer.macs for layer in layers), sum(p.numel() for p in model.parameters()))
-
-
 def prune_channels(model: nn.Module, head: str, img_size: int, ratio: float, global_pruning: bool = False,
                    round_to: int | None = 8) -> nn.Module:
     """Remove `ratio` of the channels (per layer, or ranked across layers with `global_pruning`) by L2 group
@@ -108,7 +91,7 @@ def _where(e: Exception) -> str:
     """The torch-pruning step that failed, in words a user can act on."""
     frames = [f for f in traceback.extract_tb(e.__traceback__) if "torch_pruning" in f.filename]
     step = frames[-1].name if frames else "?"
-    text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    text = shorten(str(e), 160)
     hint = ""
     if "reshape" in step:
         hint = " — a view/reshape mixes channels between layers (e.g. ShuffleNet's channel shuffle)"

@@ -8,6 +8,7 @@ what the model does, not what a formula expects; the formulas — O = ⌊(I − 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,6 +102,20 @@ def _forward_failure(entered: list, img_size: int, error: RuntimeError) -> str:
     return f"layer {name} ({type(module).__name__}) failed on input {shape}: {detail}"
 
 
+@dataclass
+class Complexity:
+    macs: int
+    params: int
+
+
+def complexity(model: nn.Module, img_size: int) -> Complexity:
+    """Conv and linear multiply-accumulates of one image, counted as `edgecnn summary` and the .tflite/.onnx
+    layer tables count them (torch-pruning's counter adds BatchNorm and activations: +6 % on MobileNetV2), so
+    checkpoints, cards, files and the device profiles' calibration all use one measure."""
+    layers = model_layers(model, img_size)
+    return Complexity(sum(layer.macs for layer in layers), sum(p.numel() for p in model.parameters()))
+
+
 def summarise(target: str, img_size: int | None, num_classes: int | None, width: float) -> tuple[list[LayerRow], str]:
     """(rows, title) for a registry model name or an edgecnn checkpoint."""
     path = Path(target)
@@ -118,7 +133,8 @@ def summarise(target: str, img_size: int | None, num_classes: int | None, width:
         size = img_size or ckpt.preprocess.img_size
         return model_layers(ckpt.build(), size), f"{path.name}: {ckpt.model} at {size}×{size}"
     from edgecnn.models import build_model
+    from edgecnn.recipe import DEFAULT_IMG_SIZE
 
-    size = img_size or 224
+    size = img_size or DEFAULT_IMG_SIZE  # as `edgecnn train` without pretrained weights
     model = build_model(target, num_classes or 1000, width)
     return model_layers(model, size), f"{target} (width {width}, {num_classes or 1000} classes) at {size}×{size}"

@@ -170,8 +170,11 @@ def annotate(image: np.ndarray, prediction: Prediction | None, roi: tuple[int, i
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 255), 2)
     if prediction is not None:
         text = f"{prediction.label} {prediction.score:.2f}"
-        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        # White on a solid box: a thick black outline under thin text filled the letters' insides on small frames.
+        font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, min(out.shape[:2]) / 480 * 0.7)
+        (width, height), baseline = cv2.getTextSize(text, font, scale, 1)
+        cv2.rectangle(out, (4, 4), (12 + width, 12 + height + baseline), (0, 0, 0), cv2.FILLED)
+        cv2.putText(out, text, (8, 8 + height), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

@@ -2,7 +2,7 @@
 
     from edgecnn.bench import BenchOptions, benchmark, make_target
     rows, machine = benchmark([Path("m_int8.tflite")], BenchOptions(threads=(1, 4), dataset="digits"),
-                              make_target("local"))
+                              make_target("cpu"))
 
 Every measurement runs in a fresh process (`runner.py`, which also travels to ssh devices inside a small
 zip bundle); `harness.py` turns its samples into rows; `report.py` prints and writes them.

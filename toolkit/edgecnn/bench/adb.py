@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from edgecnn.bench.machine import cpu_description
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, shorten
 
 DEVICE_DIR = "/data/local/tmp/edgecnn"
 STAT_LINE = re.compile(r"count=(?P<count>\d+)\s+first=(?P<first>\d+)\s+curr=\d+\s+min=(?P<min>\d+)\s+"
@@ -51,7 +51,7 @@ def parse_benchmark_model(log: str) -> dict:
     inference times, memory; per-op rows when it ran with --enable_op_profiling."""
     stats = list(STAT_LINE.finditer(log))
     if not stats:
-        last = (log.strip().splitlines() or ["no output"])[-1][:200]
+        last = shorten((log.strip().splitlines() or ["no output"])[-1], 200)
         return {"ok": False, "error": f"benchmark_model printed no timings: {last}"}
     s = stats[-1]  # the first stat line is the warm-up runs
     us = 1000.0
@@ -99,7 +99,7 @@ class ADBTarget:
         except subprocess.TimeoutExpired:
             raise EdgeCNNError(f"{self.name}: adb gave no answer within {self.timeout:.0f} s") from None
         if done.returncode != 0:
-            raise EdgeCNNError(f"{self.name}: adb {args[0]} failed: {(done.stderr or done.stdout).strip()[:200]}")
+            raise EdgeCNNError(f"{self.name}: adb {args[0]} failed: {shorten(done.stderr or done.stdout, 200)}")
         return done.stdout + done.stderr
 
     def __enter__(self) -> ADBTarget:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from edgecnn import __version__
 from edgecnn.atomic import write_json
-from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.bench.jobs import THREAD_ENV, build_runner_bundle, run_job
+from edgecnn.errors import EdgeCNNError, first_line, shorten
 
 SUITE = "bookworm"  # Raspberry Pi OS (64-bit) is Debian bookworm arm64 with Python 3.11
 GUEST_PYTHON = "usr/bin/python3.11"
@@ -199,7 +200,7 @@ def check_userland(userland: Userland, cpu: str) -> dict:
         raise EdgeCNNError(f"the arm64 userland did not answer within 300 s on {cpu}") from None
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise EdgeCNNError(f"the arm64 userland cannot run edgecnn.runtime on {cpu}: {tail[:300]}; "
+        raise EdgeCNNError(f"the arm64 userland cannot run edgecnn.runtime on {cpu}: {shorten(tail)}; "
                            "rebuild it with `edgecnn device setup arm64-emu --rebuild`")
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     if facts["arch"] != "aarch64" or facts["torch"]:
@@ -323,7 +324,7 @@ def _run(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("WARNING")]
-        raise EdgeCNNError(f"{what} failed building the arm64 userland: {(lines or ['no message'])[-1][:300]}")
+        raise EdgeCNNError(f"{what} failed building the arm64 userland: {shorten((lines or ['no message'])[-1])}")
 
 
 class Arm64EmuTarget:
@@ -343,8 +344,6 @@ class Arm64EmuTarget:
         self._work: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> Arm64EmuTarget:
-        from edgecnn.bench.targets import build_runner_bundle
-
         self.userland = open_userland(self.folder)
         self._work = tempfile.TemporaryDirectory(prefix="edgecnn-arm64-")
         self.bundle = build_runner_bundle(Path(self._work.name) / "runner.pyz")
@@ -354,8 +353,6 @@ class Arm64EmuTarget:
         self._work.cleanup()
 
     def run(self, variant, job: dict) -> dict:
-        from edgecnn.bench.targets import THREAD_ENV, run_job
-
         env = self.userland.environment({k: str(variant.threads) for k in THREAD_ENV})
         return run_job(self.userland.command(self.cpu, [str(self.bundle)]), job, Path(self._work.name), env,
                        self.timeout, variant.model.name)

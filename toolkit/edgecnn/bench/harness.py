@@ -34,11 +34,11 @@ class BenchOptions:
     runs: int = 50
     warmup: int = 5
     min_seconds: float = 0.0
-    batch: int = 1
+    batch_size: int = 1
     rounds: int = 1
     dataset: str | None = None  # labelled held-out data: accuracy and agreement
     images: Path | None = None  # or a folder of unlabelled images (real photos): agreement only
-    samples: int = 500  # held-out images used
+    eval_samples: int = 500  # held-out images used
     input_shape: tuple[int, ...] | None = None
     profile: bool = False
     reference: Path | None = None
@@ -141,7 +141,7 @@ def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
 def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     # Refuses truncated, foreign or (with verify) corrupted files before any runtime sees them.
     model_file = read_model_file(path, verify=options.verify)
-    shape = resolve_input_shape(model_file, options.batch, options.input_shape)
+    shape = resolve_input_shape(model_file, options.batch_size, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs") or file_macs(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if options.verify else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
@@ -161,7 +161,7 @@ def file_macs(path: Path) -> int | None:
 
 def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[Variant]:
     from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.prune import complexity
+    from edgecnn.summary import complexity
 
     ckpt = load_checkpoint(path)
     size = ckpt.preprocess.img_size
@@ -169,10 +169,10 @@ def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[
               "macs": complexity(ckpt.build(), size).macs,
               "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values())}
     if device == "cuda":
-        batches = sorted({1, options.batch if options.batch > 1 else GPU_THROUGHPUT_BATCH})
+        batches = sorted({1, options.batch_size if options.batch_size > 1 else GPU_THROUGHPUT_BATCH})
         return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), torch={"device": "cuda",
                         "channels_last": True}, **common) for precision in ("float32", "float16") for b in batches]
-    return [Variant(path, "pytorch", "float32", t, (options.batch, 3, size, size),
+    return [Variant(path, "pytorch", "float32", t, (options.batch_size, 3, size, size),
                     torch={"device": "cpu", "channels_last": False}, **common) for t in options.threads]
 
 
@@ -183,8 +183,8 @@ def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[
             raise EdgeCNNError(f"model file not found: {path}")
         kind = model_kind(path)
         if kind == "pytorch":
-            if device not in ("local", "cuda"):
-                raise EdgeCNNError(f"{path}: a PyTorch checkpoint runs on --device local or cuda; export it to "
+            if device not in ("cpu", "cuda"):
+                raise EdgeCNNError(f"{path}: a PyTorch checkpoint runs on --device cpu or cuda; export it to "
                                    ".tflite/.onnx to run it on {device}")
             variants += checkpoint_variants(path, options, device)
         else:
@@ -368,8 +368,8 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
         if options.dataset and options.images:
             raise EdgeCNNError("give --dataset (labelled) or --images (unlabelled), not both")
         if options.dataset or options.images:
-            held_out = (held_out_images(options.dataset, options.samples) if options.dataset
-                        else folder_held_out(options.images, options.samples))
+            held_out = (held_out_images(options.dataset, options.eval_samples) if options.dataset
+                        else folder_held_out(options.images, options.eval_samples))
             variants = [replace(v, inputs=prepare_inputs(v, held_out, Path(folder))) for v in variants]
         results = _measure(variants, options, target, console)
         host_results = None

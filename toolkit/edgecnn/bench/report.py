@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgecnn.atomic import atomic_path, write_bytes, write_json
+from edgecnn.atomic import atomic_path, write_bytes
 from edgecnn.bench.harness import BenchRow
 from edgecnn.errors import EdgeCNNError
 
@@ -166,12 +166,10 @@ def write_plot(path: Path, rows: list[BenchRow], title: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: list[BenchRow], machine: dict, options: dict, notes: list[str], json_path: Path | None,
-                  csv_path: Path | None, md_path: Path | None, plot_path: Path | None) -> list[Path]:
+def write_tables(rows: list[BenchRow], machine: dict, csv_path: Path | None, md_path: Path | None,
+                 plot_path: Path | None) -> list[Path]:
+    """The CSV, Markdown and plot files asked for; returns the paths written."""
     written = []
-    if json_path:
-        write_json(json_path, bench_report(rows, machine, options, notes))
-        written.append(json_path)
     if csv_path:
         write_csv(csv_path, rows)
         written.append(csv_path)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecnn.errors import shorten
+
 RESULT_PREFIX = "EDGECNN-RESULT "
 MAX_RUNS = 100_000
 
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None, execute_job: Callable[[dict], dict] = ex
         result = {"ok": True, **execute_job(job)}
     except Exception as e:  # reported to the parent as one line; the parent decides how to show it
         text = str(e).strip()
-        result = {"ok": False, "error": f"{text.splitlines()[0][:300] if text else type(e).__name__}"}
+        result = {"ok": False, "error": f"{shorten(text) if text else type(e).__name__}"}
     result["machine"] = machine_info()
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -10,36 +10,22 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgecnn.bench.runner import RESULT_PREFIX
-from edgecnn.errors import EdgeCNNError
-
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def parse_result(stdout: str, stderr: str, returncode: int, what: str) -> dict:
-    """The runner's result line, or a failure result that says why there is none (a crash, a signal)."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else -returncode
-        return {"ok": False, "error": f"the runtime crashed running {what} ({name})"}
-    tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return {"ok": False, "error": f"the runner gave no result for {what} (exit {returncode}): {tail}"}
+from edgecnn.bench.adb import ADBTarget
+from edgecnn.bench.arm64_emu import Arm64EmuTarget
+from edgecnn.bench.jobs import THREAD_ENV, build_runner_bundle, parse_result, run_job
+from edgecnn.errors import EdgeCNNError, shorten
 
 
 class LocalTarget:
-    """This machine: `local` (CPU) or `cuda` (PyTorch on the GPU)."""
+    """This machine: `cpu` or `cuda` (PyTorch on the GPU)."""
 
-    def __init__(self, kind: str = "local", timeout: float = 900):
+    def __init__(self, kind: str = "cpu", timeout: float = 900):
         self.name = self.device_kind = kind
         self.timeout = timeout
         self._folder: tempfile.TemporaryDirectory | None = None
@@ -59,17 +45,6 @@ class LocalTarget:
                        variant.model.name)
 
 
-def run_job(command: list[str], job: dict, folder: Path, env: dict[str, str], timeout: float, what: str) -> dict:
-    """`command JOB.json` in a child process on this machine; the runner's result, or why there is none."""
-    job_file = folder / "job.json"
-    job_file.write_text(json.dumps(job))
-    try:
-        done = subprocess.run([*command, str(job_file)], capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"no result within {timeout:.0f} s"}
-    return parse_result(done.stdout, done.stderr, done.returncode, what)
-
-
 def _require_cuda() -> None:
     try:
         import torch
@@ -77,28 +52,7 @@ def _require_cuda() -> None:
         raise EdgeCNNError("--device cuda needs PyTorch: pip install 'edgecnn[train]'") from None
     if not torch.cuda.is_available():
         raise EdgeCNNError("--device cuda: no CUDA GPU is visible to PyTorch on this machine "
-                           "(torch.cuda.is_available() is False); use --device local")
-
-
-# --- ssh -------------------------------------------------------------------------------------------------------
-
-# The modules the device needs, and nothing that imports torch or OpenCV: package __init__ files are
-# replaced by empty ones so importing edgecnn.runtime.backends does not pull in the classifier.
-BUNDLE_MODULES = ("__init__.py", "errors.py", "native.py", "runtime/backends.py", "runtime/modelfile.py",
-                  "runtime/integrity.py", "bench/machine.py", "bench/runner.py")
-BUNDLE_MAIN = "import sys\n\nfrom edgecnn.bench.runner import main\n\nsys.exit(main())\n"
-
-
-def build_runner_bundle(path: Path) -> Path:
-    """A zipapp (`python3 runner.pyz JOB.json`) with the runner and the backends it needs."""
-    package = Path(__file__).resolve().parents[1]
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for module in BUNDLE_MODULES:
-            z.write(package / module, f"edgecnn/{module}")
-        for sub in ("runtime", "bench"):
-            z.writestr(f"edgecnn/{sub}/__init__.py", "")
-        z.writestr("__main__.py", BUNDLE_MAIN)
-    return path
+                           "(torch.cuda.is_available() is False); use --device cpu")
 
 
 class SSHTarget:
@@ -154,7 +108,7 @@ class SSHTarget:
     def __enter__(self) -> SSHTarget:
         done = self.ssh("mktemp", "-d", "/tmp/edgecnn-bench.XXXXXX", timeout=60)
         if done.returncode != 0 or not done.stdout.strip():
-            raise EdgeCNNError(f"{self.name}: cannot create a working folder: {done.stderr.strip()[:200]}")
+            raise EdgeCNNError(f"{self.name}: cannot create a working folder: {shorten(done.stderr, 200)}")
         self.remote_dir = done.stdout.strip().splitlines()[-1]
         self._local = tempfile.TemporaryDirectory(prefix="edgecnn-ssh-")
         try:
@@ -181,7 +135,7 @@ class SSHTarget:
         with open(local, "rb") as f:
             done = self.ssh("sh", "-c", 'cat > "$1"', "sh", remote, stdin=f)
         if done.returncode != 0:
-            message = done.stderr.decode(errors="replace").strip()[:200]
+            message = shorten(done.stderr.decode(errors="replace"), 200)
             raise EdgeCNNError(f"{self.name}: copying {local.name} failed: {message}")
         self._copied[str(local)] = remote
         return remote
@@ -202,25 +156,21 @@ class SSHTarget:
         return parse_result(done.stdout, done.stderr, done.returncode, variant.model.name)
 
 
-def make_target(device: str, *, python: str = "python3", key: Path | None = None, config: Path | None = None,
-                insecure: bool = False, benchmark_model: Path | None = None, cores: str | None = None,
-                timeout: float = 900):
-    """The target named by --device: local, cuda, ssh://[user@]host[:port], adb[:SERIAL] or
-    arm64-emu[:CPU]."""
+def make_target(device: str = "cpu", *, python: str = "python3", key: Path | None = None,
+                config: Path | None = None, insecure: bool = False, benchmark_model: Path | None = None,
+                cores: str | None = None, timeout: float = 900):
+    """The target named by --device: cpu (this machine; `local` is the same), cuda, ssh://[user@]host[:port],
+    adb[:SERIAL] or arm64-emu[:CPU]."""
     from edgecnn.errors import closest
 
-    if device in ("local", "cuda"):
-        return LocalTarget(device, timeout)
+    if device in ("cpu", "local", "cuda"):
+        return LocalTarget("cuda" if device == "cuda" else "cpu", timeout)
     if device.startswith("ssh://"):
         return SSHTarget(device, python, key, config, insecure, timeout)
     if device == "arm64-emu" or device.startswith("arm64-emu:"):
-        from edgecnn.bench.arm64_emu import Arm64EmuTarget
-
         return Arm64EmuTarget(device, timeout)
     if device == "adb" or device.startswith("adb:"):
-        from edgecnn.bench.adb import ADBTarget
-
         return ADBTarget(device, benchmark_model, cores, timeout)
-    known = ("local", "cuda", "adb", "arm64-emu")
-    raise EdgeCNNError(f"unknown --device '{device}'{closest(device, known)}; use local, "
+    known = ("cpu", "cuda", "adb", "arm64-emu")
+    raise EdgeCNNError(f"unknown --device '{device}'{closest(device, known)}; use cpu, "
                        "cuda, ssh://[user@]host[:port], adb[:SERIAL] or arm64-emu[:cortex-a72|cortex-a76]")

@@ -185,7 +185,7 @@ def export(
         calib_reference = float_reference(source.model, source.pre, calibration)
     reference = float_reference(source.model, source.pre, verification)
     if source.macs is None:
-        from edgecnn.prune import complexity
+        from edgecnn.summary import complexity
 
         source.macs = complexity(source.model, source.pre.img_size).macs
     stem = source.name + ("_int8" if options.int8 else "")
@@ -281,7 +281,6 @@ def install(work: Path, final: Path, sidecar: bool) -> None:
     fsync_dir(final.parent)
     if sidecar:
         write_bytes(sidecar_path(final), sidecar_line(final, final.read_bytes()).encode())
-        sidecar_path(final).chmod(0o644)  # as readable as the model it describes (mkstemp made it 0600)
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,

@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from edgecnn.data import load_dataset
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, shorten
 from edgecnn.export.sources import ExportSource
 from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.native import quiet_native_output
@@ -57,7 +57,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return fuse(copy.deepcopy(model).eval())
     except Exception as e:
         raise EdgeCNNError(f"QAT needs BatchNorm folded into convolutions, and torch.fx could not trace the "
-                           f"model: {str(e).splitlines()[0][:200]}") from None
+                           f"model: {shorten(str(e), 200)}") from None
 
 
 def _nhwc(images: torch.Tensor, source: ExportSource) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.errors import EdgeCNNError, first_line, shorten
 from edgecnn.native import quiet_native_output
 from edgecnn.runtime.modelfile import model_format, read_model_file
 
@@ -99,7 +99,7 @@ class OnnxBackend:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise EdgeCNNError(f"{path}: onnxruntime cannot load it: {str(e).strip().splitlines()[0][:200]}") from None
+            raise EdgeCNNError(f"{path}: onnxruntime cannot load it: {shorten(str(e), 200)}") from None
         self.input = self._spec(self._session.get_inputs()[0], input_shape)
         self.output = self._spec(self._session.get_outputs()[0])
 

@@ -53,8 +53,9 @@ def print_model_summary(console: Console, summary: dict) -> None:
         pre, src, quant = card["preprocess"], card["source"], card["quantization"]
         table.add_row("labels", f"{len(card['labels'])}: {', '.join(card['labels'][:10])}"
                       + (" ..." if len(card["labels"]) > 10 else ""))
-        table.add_row("input", f"{pre['img_size']}×{pre['img_size']} {pre['layout']} {pre['color']}, "
-                      f"mean {pre['mean']}, std {pre['std']}, crop {pre['crop']}")
+        crop = "whole frame" if pre["crop"] is None else f"centre crop {pre['crop']:g} of the shorter side"
+        table.add_row("preprocess", f"{crop} → {pre['img_size']}×{pre['img_size']} {pre['color']} {pre['layout']}, "
+                      f"mean {pre['mean']}, std {pre['std']}")
         for kind in ("input", "output"):
             t = card[kind]
             q = f", scale {t['scale']:.6g}, zero point {t['zero_point']}" if t["scale"] else ""

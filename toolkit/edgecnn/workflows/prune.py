@@ -17,8 +17,9 @@ from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import make_loader
 from edgecnn.models import model_spec
-from edgecnn.prune import complexity, layer_shapes, prune_channels
+from edgecnn.prune import layer_shapes, prune_channels
 from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
+from edgecnn.summary import complexity
 from edgecnn.train import evaluate, recalibrate_batchnorm, train
 
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 20

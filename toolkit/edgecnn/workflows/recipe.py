@@ -52,7 +52,7 @@ def _train_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 def _prune_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgecnn.prune_workflow import prune_checkpoint
+    from edgecnn.workflows.prune import prune_checkpoint
 
     p = ctx.recipe.prune
     report = prune_checkpoint(
@@ -65,7 +65,7 @@ def _prune_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 def _export_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgecnn.export.recipe import run_export
+    from edgecnn.workflows.export import run_export
 
     checkpoint = ctx.upstream["prune"]["pruned"] if "prune" in ctx.upstream else ctx.upstream["train"]["best"]
     return run_export(ctx.recipe, checkpoint, ctx.out_dir / "export", ctx.console)

@@ -1,0 +1,75 @@
+"""`edgecnn watch`: classify a video file or camera stream as it plays (torch-free)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edgecnn.cli.common import console, no_verify_option, options_from, rgb
+from edgecnn.errors import EdgeCNNError
+
+
+@click.command()
+@click.argument("model_path", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("source")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Inference threads.")
+@click.option("--img-size", type=click.IntRange(min=8), help="Input size, for files without an edgecnn card.")
+@click.option("--mean", help="Normalisation mean r,g,b (0..1), for files without a card.")
+@click.option("--std", help="Normalisation std r,g,b, for files without a card.")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Class names, one per line.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Classify every N-th frame.")
+@click.option("--max-fps", type=click.FloatRange(min=0, min_open=True), help="Classify at most this many frames/s.")
+@click.option("--roi", help="Classify only this region: x,y,w,h in pixels.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after classifying N frames.")
+@click.option("--alert", help="Comma-separated labels that make an event.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Score an --alert label needs.")
+@click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Frames in a row a label must hold to make an event (and be absent to re-arm).")
+@click.option("--events", type=click.Path(path_type=Path),
+              help="Append one JSON line per event here; snapshots go to <name>_snapshots/.")
+@click.option("--save", type=click.Path(path_type=Path), help="Write the annotated video (.mp4, .avi).")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (when a display exists).")
+@click.option("--stats-json", type=click.Path(path_type=Path), help="Write the pipeline statistics at the end.")
+@click.option("--realtime", is_flag=True, help="Play a video file at its own frame rate, as a camera would deliver it.")
+@click.option("--give-up-after", type=click.FloatRange(min=0), help="Stop when a stream stays down this many seconds.")
+@no_verify_option("Do not check an edgecnn file against its content hash.")
+def watch(model_path: Path, source: str, threads: int, img_size: int | None, mean: str | None, std: str | None,
+          labels_file: Path | None, alert: str | None, no_verify: bool, **params) -> None:
+    """Classify SOURCE — a video file, camera index or rtsp://, http:// stream — with the .tflite/.onnx
+    classifier FILE as it plays (torch-free)."""
+    import signal
+    import threading
+
+    import cv2
+
+    from edgecnn.data import read_labels
+    from edgecnn.runtime import load
+    from edgecnn.watch import WatchOptions, parse_roi, run_watch
+
+    labels = read_labels(labels_file) if labels_file else None
+    classifier = load(model_path, threads, img_size=img_size, mean=rgb(mean, "--mean"), std=rgb(std, "--std"),
+                      labels=labels, verify=not no_verify)
+    for note in classifier.notes:
+        console.print(note)
+    alerts = tuple(a.strip() for a in alert.split(",") if a.strip()) if alert else ()
+    unknown = [a for a in alerts if a not in classifier.labels]
+    if unknown:
+        raise EdgeCNNError(f"--alert {','.join(unknown)}: not a label of {model_path} "
+                           f"(labels: {', '.join(classifier.labels[:20])})")
+    options = options_from(WatchOptions, params, alert_labels=alerts,
+                           roi=parse_roi(params["roi"]) if params["roi"] else None)
+    # A reconnecting stream makes OpenCV and FFmpeg log every failed try; the status lines say what matters.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    summary = run_watch(source, classifier, options, stop, report=console.print)
+    latency = summary["latency_ms"] or {"p50": float("nan"), "p90": float("nan")}
+    console.print(f"{summary['frames_classified']} frames classified of {summary['frames_captured']} captured "
+                  f"({summary['frames_dropped']} dropped, {summary['bad_frames']} bad, {summary['reconnects']} "
+                  f"reconnects); inference {summary['inference_fps']:.1f} fps, capture {summary['capture_fps']:.1f} "
+                  f"fps; latency p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms; {summary['events']} events")
