@@ -1,11 +1,14 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,19 +74,38 @@ def assert_clean_error(result, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
+def build_once(tmp_path_factory, name: str, make: Callable[[Path], Path]) -> Path:
+    """make(folder) → a path inside folder, run once per test run even with pytest-xdist: the first worker to
+    need it builds it under a file lock, the others wait and reuse it. Session fixtures would otherwise train
+    and export the same models once per worker."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder = root / f"shared-{name}"
+    with FileLock(f"{folder}.lock"):
+        done = folder / ".built"
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(str(make(folder).relative_to(folder)))
+    return folder / done.read_text()
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory) -> Path:
     """tinycnn trained 3 epochs on digits at 32 px: the issue's own acceptance run."""
-    out = tmp_path_factory.mktemp("digits")
-    result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
-                     "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out / "best.pt"
+    def make(out: Path) -> Path:
+        result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
+                         "--out", out)
+        assert result.returncode == 0, result.stderr
+        return out / "best.pt"
+
+    return build_once(tmp_path_factory, "digits", make)
 
 
-def train_quietly(tmp_path_factory, name: str, model: str, width: float = 1.0, epochs: int = 6, lr: float = 0.1,
+def train_quietly(out: Path, name: str, model: str, width: float = 1.0, epochs: int = 6, lr: float = 0.1,
                   img_size: int = 32) -> Path:
-    """Train `model` on digits through the Python API (no subprocess start-up); return best.pt."""
+    """Train `model` on digits into `out` through the Python API (no subprocess start-up); return best.pt."""
     import io
 
     from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
@@ -92,7 +114,7 @@ def train_quietly(tmp_path_factory, name: str, model: str, width: float = 1.0, e
 
     recipe = Recipe(name=name, data=DataConfig(img_size=img_size), model=ModelConfig(model, width),
                     train=TrainConfig(epochs=epochs, lr=lr, warmup_epochs=1))
-    return train(recipe, tmp_path_factory.mktemp(name), console=Console(file=io.StringIO())).best_path
+    return train(recipe, out, console=Console(file=io.StringIO())).best_path
 
 
 # (model, width, learning rate): each trains on digits at 32 px in ~15 s.
@@ -105,14 +127,10 @@ MODELS = {
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """trained(name) → best.pt of that model trained on digits (once per test session)."""
-    cache = {}
-
+    """trained(name) → best.pt of that model trained on digits (once per test run)."""
     def get(name):
-        if name not in cache:
-            model, width, lr = MODELS[name]
-            cache[name] = train_quietly(tmp_path_factory, name, model, width, lr=lr)
-        return cache[name]
+        model, width, lr = MODELS[name]
+        return build_once(tmp_path_factory, name, lambda out: train_quietly(out, name, model, width, lr=lr))
 
     return get
 
@@ -120,7 +138,10 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """The digits checkpoint exported to verified int8 .tflite and .onnx: {'tflite': path, 'onnx': path}."""
-    out = tmp_path_factory.mktemp("digits-int8")
-    result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--out", out)
-    assert result.returncode == 0, result.stderr
+    def make(out: Path) -> Path:
+        result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--out", out)
+        assert result.returncode == 0, result.stderr
+        return out
+
+    out = build_once(tmp_path_factory, "digits-int8", make)
     return {"tflite": out / "tinycnn_int8.tflite", "onnx": out / "tinycnn_int8.onnx"}

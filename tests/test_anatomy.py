@@ -143,7 +143,7 @@ def test_convnext_edge_trains_exports_and_reports_its_float_layers(tmp_path_fact
     """~60 s: LayerNorm and GELU have no int8 kernels; the export says which ops stay float, per format."""
     from conftest import train_quietly
 
-    checkpoint = train_quietly(tmp_path_factory, "convnext", "convnext_edge", epochs=3, lr=0.05)
+    checkpoint = train_quietly(tmp_path_factory.mktemp("convnext"), "convnext", "convnext_edge", epochs=3, lr=0.05)
     report = tmp_path / "export.json"
     strict = edgecnn("export", checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path / "strict")
     assert_clean_error(strict, "float ops left", "features.0.1")  # the stem's LayerNorm, named

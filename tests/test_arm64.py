@@ -16,6 +16,7 @@ from edgecnn.bench.arm64_emu import QEMU_NAMES, default_folder, setup_userland
 from edgecnn.bench.machine import machine_info
 from edgecnn.bench.profiles import MOBILENET_V2_MACS, PROFILES, measured_profile
 from edgecnn.bench.report import machine_line
+from filelock import FileLock
 
 HAS_QEMU = any(shutil.which(name) for name in QEMU_NAMES)
 needs_userland = pytest.mark.skipif(not HAS_QEMU or not shutil.which("mmdebstrap"),
@@ -25,7 +26,9 @@ needs_userland = pytest.mark.skipif(not HAS_QEMU or not shutil.which("mmdebstrap
 
 @pytest.fixture(scope="module")
 def userland():
-    return setup_userland(default_folder(), log=lambda line: None)
+    default_folder().parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{default_folder()}.lock"):  # pytest-xdist workers share one cached userland
+        return setup_userland(default_folder(), log=lambda line: None)
 
 
 @pytest.mark.arm64

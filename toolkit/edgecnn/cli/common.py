@@ -56,7 +56,7 @@ def options_from(cls: type, params: dict[str, Any], **values: Any) -> Any:
     """An options dataclass built by keyword from the verb's parameters of the same names, plus `values`
     (parsed or renamed ones): the one place where CLI spellings meet the library's fields."""
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in names}, **values)
+    return cls(**{**{k: v for k, v in params.items() if k in names}, **values})
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:
