@@ -1,4 +1,5 @@
-"""The one exception type that means "the user gave us something wrong"."""
+"""The one exception type that means "the user gave us something wrong", and text from elsewhere made fit to
+show on one terminal line."""
 
 
 class EdgeCNNError(Exception):
@@ -35,3 +36,10 @@ def first_line(e: BaseException) -> str:
     """'Type: first line of the message' — a third-party exception, cut down to one readable line."""
     text = shorten(str(e))
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def printable(text: object) -> str:
+    """`text` from a file or a device (a label, a card field, a layer name, a remote message) made safe for a
+    terminal: control and format characters (escape sequences, bidi overrides, newlines) are shown as escapes
+    instead of acting on the screen."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))

@@ -25,6 +25,7 @@ from edgecnn.atomic import write_bytes, write_json
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime.capture import FrameSource
 from edgecnn.runtime.classifier import Classifier, Prediction
+from edgecnn.runtime.report import shown
 
 STATS_EVERY_S = 2.0
 
@@ -285,7 +286,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                 if report and done - last_status >= STATS_EVERY_S:
                     last_status = done
                     s = stats.summary(source, events.count if events else 0)
-                    report(f"{prediction.label} {prediction.score:.2f} | capture {s['capture_fps']:.1f} fps, "
+                    report(f"{shown(prediction.label)} {prediction.score:.2f} | capture {s['capture_fps']:.1f} fps, "
                            f"inference {s['inference_fps']:.1f} fps, dropped {s['frames_dropped']}, "
                            f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
                 if options.max_frames and stats.processed >= options.max_frames:

@@ -66,6 +66,11 @@ class SSHTarget:
     def __init__(self, url: str, python: str = "python3", key: Path | None = None, config: Path | None = None,
                  insecure: bool = False, timeout: float = 900, connect_timeout: int = 10):
         parts = urlsplit(url)
+        # urlsplit drops tabs and newlines silently, so the whole text is checked, not just its parts.
+        if any(c.isspace() or not c.isprintable() for c in url) or any(
+                part and part.startswith("-") for part in (parts.username, parts.hostname)):
+            raise EdgeCNNError(f"--device {url!r}: a user or host may not start with '-' or hold spaces or "
+                               "control characters")
         if parts.scheme != "ssh" or not parts.hostname:
             raise EdgeCNNError(f"--device {url}: expected ssh://[user@]host[:port]")
         try:
@@ -94,7 +99,8 @@ class SSHTarget:
         """Run `command` (each word quoted for the remote shell) on the device."""
         remote = shlex.join(command)
         try:
-            done = subprocess.run(["ssh", *self.options, self.host, remote], stdin=stdin, capture_output=True,
+            # `--` ends ssh's options: whatever the destination says, ssh reads it as a host, never an option.
+            done = subprocess.run(["ssh", *self.options, "--", self.host, remote], stdin=stdin, capture_output=True,
                                   text=stdin is None, timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired:
             raise EdgeCNNError(f"{self.name}: no answer within {timeout or self.timeout:.0f} s") from None

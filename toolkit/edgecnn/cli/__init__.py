@@ -18,7 +18,7 @@ from edgecnn.cli.export import export_cmd
 from edgecnn.cli.inspect import info, summary
 from edgecnn.cli.training import eval_cmd, prune, run, train_cmd
 from edgecnn.cli.watch import watch
-from edgecnn.errors import EdgeCNNError, shorten
+from edgecnn.errors import EdgeCNNError, printable, shorten
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,12 +45,12 @@ def main() -> None:
         print("edgecnn: interrupted", file=sys.stderr)
         sys.exit(130)
     except EdgeCNNError as e:
-        print(f"edgecnn: error: {e}", file=sys.stderr)
+        print(f"edgecnn: error: {printable(e)}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
         if os.environ.get("EDGECNN_DEBUG"):
             raise
-        detail = shorten(str(e))
+        detail = printable(shorten(str(e)))
         print(f"edgecnn: internal error: {type(e).__name__}: {detail} (EDGECNN_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(1)

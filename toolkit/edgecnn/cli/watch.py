@@ -47,13 +47,14 @@ def watch(model_path: Path, source: str, threads: int, img_size: int | None, mea
 
     from edgecnn.data import read_labels
     from edgecnn.runtime import load
+    from edgecnn.runtime.report import shown
     from edgecnn.watch import WatchOptions, parse_roi, run_watch
 
     labels = read_labels(labels_file) if labels_file else None
     classifier = load(model_path, threads, img_size=img_size, mean=rgb(mean, "--mean"), std=rgb(std, "--std"),
                       labels=labels, verify=not no_verify)
     for note in classifier.notes:
-        console.print(note)
+        console.print(shown(note))
     alerts = tuple(a.strip() for a in alert.split(",") if a.strip()) if alert else ()
     unknown = [a for a in alerts if a not in classifier.labels]
     if unknown:

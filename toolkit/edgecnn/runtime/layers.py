@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecnn.runtime.modelfile import model_format
+from edgecnn.runtime.report import shown
 
 
 @dataclass
@@ -161,15 +162,15 @@ def _fmt(v) -> str:
 
 
 def print_summary(console: Console, rows: list[LayerRow], title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=shown(title))
     for column in ("layer", "type", "kernel", "stride", "pad", "groups", "input", "output", "params", "MACs",
                    "note"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for r in rows:
         padding = r.padding if isinstance(r.padding, str) else _fmt(r.padding)
-        table.add_row(r.name, r.type + (f" ({r.dtype})" if r.dtype else ""), _fmt(r.kernel), _fmt(r.stride),
-                      padding, _fmt(r.groups), _fmt(r.input), _fmt(r.output), f"{r.params:,}" if r.params else "",
-                      f"{r.macs:,}" if r.macs else "", r.note)
+        table.add_row(shown(r.name), shown(r.type + (f" ({r.dtype})" if r.dtype else "")), _fmt(r.kernel),
+                      _fmt(r.stride), shown(padding), _fmt(r.groups), _fmt(r.input), _fmt(r.output),
+                      f"{r.params:,}" if r.params else "", f"{r.macs:,}" if r.macs else "", shown(r.note))
     params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     table.add_section()
     table.add_row("total", "", "", "", "", "", "", "", f"{params:,}", f"{macs:,}", "")

@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from edgecnn.errors import printable
 from edgecnn.runtime.modelfile import ModelFile
+
+
+def shown(value: object) -> str:
+    """Text from a model file, ready for a rich table or status line: neither terminal escapes nor rich markup
+    in it act (a crafted card could otherwise clear the screen or print a fake 'verified')."""
+    return escape(printable(value))
 
 
 def model_summary(model: ModelFile) -> dict:
@@ -33,38 +41,42 @@ def model_summary(model: ModelFile) -> dict:
 
 def print_model_summary(console: Console, summary: dict) -> None:
     card = summary["card"]
-    table = Table(title=f"{summary['path']} ({summary['format']})", show_header=False)
+    table = Table(title=shown(f"{summary['path']} ({summary['format']})"), show_header=False)
     table.add_column("field")
     table.add_column("value")
+
+    def add_row(field: str, value: str) -> None:
+        table.add_row(field, shown(value))
+
     for kind in ("inputs", "outputs"):
         for t in summary[kind]:
-            table.add_row(kind[:-1], f"{t['name']} {t['dtype']} {t['shape']}")
+            add_row(kind[:-1], f"{t['name']} {t['dtype']} {t['shape']}")
     ops = summary["ops"]
-    table.add_row("ops", f"{ops['total']} ({ops['compute']} compute: {ops['int8']} int8, {ops['float']} float)")
-    table.add_row("op types", ", ".join(f"{k}×{v}" for k, v in ops["by_type"].items()))
+    add_row("ops", f"{ops['total']} ({ops['compute']} compute: {ops['int8']} int8, {ops['float']} float)")
+    add_row("op types", ", ".join(f"{k}×{v}" for k, v in ops["by_type"].items()))
     if ops["float_ops"]:
-        table.add_row("float ops", ", ".join(ops["float_ops"]))
+        add_row("float ops", ", ".join(ops["float_ops"]))
     integrity = summary["integrity"]
-    table.add_row("integrity", "not checked (--no-verify)" if integrity is None
-                  else ("verified: " if integrity["verified"] else "") + integrity["detail"])
+    add_row("integrity", "not checked (--no-verify)" if integrity is None
+            else ("verified: " if integrity["verified"] else "") + integrity["detail"])
     if card is None:
-        table.add_row("card", "none: not an edgecnn export (preprocessing must be given to the runtime)")
+        add_row("card", "none: not an edgecnn export (preprocessing must be given to the runtime)")
     else:
         pre, src, quant = card["preprocess"], card["source"], card["quantization"]
-        table.add_row("labels", f"{len(card['labels'])}: {', '.join(card['labels'][:10])}"
-                      + (" ..." if len(card["labels"]) > 10 else ""))
+        add_row("labels", f"{len(card['labels'])}: {', '.join(card['labels'][:10])}"
+                + (" ..." if len(card["labels"]) > 10 else ""))
         crop = "whole frame" if pre["crop"] is None else f"centre crop {pre['crop']:g} of the shorter side"
-        table.add_row("preprocess", f"{crop} → {pre['img_size']}×{pre['img_size']} {pre['color']} {pre['layout']}, "
-                      f"mean {pre['mean']}, std {pre['std']}")
+        add_row("preprocess", f"{crop} → {pre['img_size']}×{pre['img_size']} {pre['color']} {pre['layout']}, "
+                              f"mean {pre['mean']}, std {pre['std']}")
         for kind in ("input", "output"):
             t = card[kind]
             q = f", scale {t['scale']:.6g}, zero point {t['zero_point']}" if t["scale"] else ""
-            table.add_row(f"{kind} tensor", f"{t['dtype']}{q}")
-        table.add_row("quantization", f"{quant['scheme'] or 'float'}; float layers: "
-                      f"{', '.join(quant['float_layers']) or 'none'}")
+            add_row(f"{kind} tensor", f"{t['dtype']}{q}")
+        add_row("quantization", f"{quant['scheme'] or 'float'}; float layers: "
+                                f"{', '.join(quant['float_layers']) or 'none'}")
         if quant["calibration"]:
-            table.add_row("calibration", f"{quant['calibration']['samples']} images: {quant['calibration']['images']}")
-        table.add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
-                      f"recipe {src['recipe_hash']}")
-        table.add_row("edgecnn", card["edgecnn_version"])
+            add_row("calibration", f"{quant['calibration']['samples']} images: {quant['calibration']['images']}")
+        add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
+                          f"recipe {src['recipe_hash']}")
+        add_row("edgecnn", card["edgecnn_version"])
     console.print(table)
