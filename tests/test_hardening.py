@@ -1,8 +1,17 @@
 """Regression tests for the adversarial pass (issue 18): hostile names, hosts and files end in one clear line,
 never in a crash, an injected option or a terminal that obeys a file."""
 
+import os
+import shutil
+
+import cv2
+import numpy as np
 import pytest
 from conftest import assert_clean_error, edgecnn, record
+from edgecnn.data import read_image
+from edgecnn.errors import EdgeCNNError
+from edgecnn.export.sources import video_frames
+from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.modelfile import embed_card, read_model_file
 from test_watch import VIDEOS, needs_videos
 
@@ -41,3 +50,36 @@ def test_text_from_a_file_cannot_drive_the_terminal(digits_int8, tmp_path):
     assert_clean_error(refused, "not a label")
     assert "\x1b" not in refused.stderr and "\\x1b[2J" in refused.stderr
     record("terminal escapes in cards", tried=2, refused=2)
+
+
+def _bad_name(folder, stem: bytes, suffix: bytes):
+    """A path whose file name is not valid UTF-8, as Python hands such names around (surrogate escapes)."""
+    return folder / os.fsdecode(stem + b"\xff\xfe" + suffix)
+
+
+def test_image_names_that_are_not_utf8(tmp_path):
+    """OpenCV 5's imread crashed the process on such names: the images are read, training runs."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(8):
+            name = _bad_name(tmp_path / "photos" / label, f"img{i}".encode(), b".png") if i % 2 else \
+                tmp_path / "photos" / label / f"img{i}.png"
+            ok, png = cv2.imencode(".png", rng.integers(0, 255, (20, 20, 3), np.uint8))
+            name.write_bytes(png.tobytes())
+    assert read_image(_bad_name(tmp_path / "photos" / "a", b"img1", b".png")).shape == (20, 20, 3)
+    result = edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'photos'}", "--epochs",
+                     "1", "--img-size", "16", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    record("file names that are not UTF-8", tried=2, crashed=0)
+
+
+@needs_videos
+def test_video_names_that_are_not_utf8(digits_int8, tmp_path):
+    video = _bad_name(tmp_path, b"camera", b".mp4")
+    shutil.copy(VIDEOS / "bikes.mp4", video)
+    assert_clean_error(edgecnn("watch", digits_int8["tflite"], video, "--max-frames", "2"), "not valid UTF-8",
+                       "b'")
+    with pytest.raises(EdgeCNNError, match="not valid UTF-8"):  # export --calib-video reads frames here
+        video_frames(video, 10, Preprocess(32), 5)
+    record("file names that are not UTF-8", tried=1, crashed=0)

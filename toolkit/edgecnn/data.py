@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError, closest
+from edgecnn.errors import EdgeCNNError, closest, printable
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DATASET_NAMES = ("digits", "fashion-mnist", "cifar10", "imagefolder")
@@ -75,10 +75,17 @@ class Dataset:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB (or grey) uint8 image from disk; a file OpenCV cannot decode is a clear error."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """An RGB (or grey) uint8 image from disk; a file OpenCV cannot decode is a clear error.
+
+    Python reads the bytes and OpenCV only decodes them: OpenCV 5's imread crashes the process on a file name
+    that is not valid UTF-8 (common on files from Windows shares and cameras)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise EdgeCNNError(f"cannot read image {printable(path)}: {e.strerror or e}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise EdgeCNNError(f"cannot read image {path}: not an image file or unreadable")
+        raise EdgeCNNError(f"cannot read image {printable(path)}: not an image file or unreadable")
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
     if image.ndim == 3:

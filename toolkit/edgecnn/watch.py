@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecnn.atomic import write_bytes, write_json
 from edgecnn.errors import EdgeCNNError
-from edgecnn.runtime.capture import FrameSource
+from edgecnn.runtime.capture import FrameSource, opencv_path
 from edgecnn.runtime.classifier import Classifier, Prediction
 from edgecnn.runtime.report import shown
 
@@ -195,7 +195,8 @@ class VideoOutput:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise EdgeCNNError(f"--save {self.path}: cannot create its folder: {e.strerror or e}") from None
-            writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            writer = cv2.VideoWriter(opencv_path(self._tmp, "--save"), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                     (w, h))
             if not writer.isOpened():
                 writer.release()
                 raise EdgeCNNError(f"--save {self.path}: OpenCV cannot write this video (use .mp4 or .avi, and a "

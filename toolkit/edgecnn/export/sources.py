@@ -97,10 +97,12 @@ def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> I
     """Every `every`-th frame of a video (up to `limit`), resized for the model: a camera's own footage."""
     import cv2
 
+    from edgecnn.runtime.capture import opencv_path
+
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"--calib-video {path}: no such file")
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(opencv_path(path, "--calib-video"))
     frames, index = [], 0
     try:
         while len(frames) < limit:

@@ -53,6 +53,18 @@ def source_kind(source: str) -> str:
     return "file"
 
 
+def opencv_path(path: str | Path, what: str) -> str:
+    """`path` as OpenCV's video functions may receive it. OpenCV 5 crashes the whole process on a file name that
+    is not valid UTF-8 (files from Windows shares and cameras): such a name is refused, shown as bytes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EdgeCNNError(f"{what} {os.fsencode(text)!r}: the file name is not valid UTF-8, which OpenCV cannot "
+                           "open; rename the file") from None
+    return text
+
+
 def open_capture(source: str) -> cv2.VideoCapture | None:
     """An opened capture, or None when the source cannot be opened (now)."""
     kind = source_kind(source)
@@ -63,7 +75,7 @@ def open_capture(source: str) -> cv2.VideoCapture | None:
         capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
                                                             cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
     else:
-        capture = cv2.VideoCapture(source)
+        capture = cv2.VideoCapture(opencv_path(source, "video file"))
     if capture.isOpened():
         return capture
     capture.release()
