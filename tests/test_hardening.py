@@ -3,17 +3,26 @@ never in a crash, an injected option or a terminal that obeys a file."""
 
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_clean_error, edgecnn, record
+from conftest import assert_clean_error, edgecnn, free_port, record
 from edgecnn.data import read_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import video_frames
 from edgecnn.preprocess import Preprocess
+from edgecnn.runtime import load
+from edgecnn.runtime.classifier import Classifier
 from edgecnn.runtime.modelfile import embed_card, read_model_file
-from test_watch import VIDEOS, needs_videos
+from edgecnn.watch import WatchOptions, run_watch
+from test_watch import VIDEOS, _gst_rtsp_available, _start_rtsp, needs_videos
+
+needs_rtsp = pytest.mark.skipif(not _gst_rtsp_available(), reason="GStreamer RTSP server missing")
 
 pytestmark = pytest.mark.reliability
 
@@ -83,3 +92,42 @@ def test_video_names_that_are_not_utf8(digits_int8, tmp_path):
     with pytest.raises(EdgeCNNError, match="not valid UTF-8"):  # export --calib-video reads frames here
         video_frames(video, 10, Preprocess(32), 5)
     record("file names that are not UTF-8", tried=1, crashed=0)
+
+
+@needs_videos
+@needs_rtsp
+def test_a_camera_that_comes_up_after_watch_starts(digits_int8, tmp_path):
+    """A box that boots before its camera: watch keeps trying until --give-up-after, as after a drop."""
+    port = free_port()
+    watch = subprocess.Popen([sys.executable, "-m", "edgecnn", "watch", digits_int8["onnx"],
+                              f"rtsp://127.0.0.1:{port}/s", "--give-up-after", "60", "--max-frames", "5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    server = _start_rtsp(VIDEOS / "bikes.mp4", port)
+    try:
+        stdout, stderr = watch.communicate(timeout=90)
+    finally:
+        server.kill()
+        watch.kill()
+    assert watch.returncode == 0 and "5 frames classified" in stdout, stderr
+    started = time.monotonic()
+    assert_clean_error(edgecnn("watch", digits_int8["onnx"], f"rtsp://127.0.0.1:{free_port()}/s",
+                               "--give-up-after", "2"), "cannot open stream", "within 2 s")
+    assert time.monotonic() - started > 2
+    record("watch: camera down at start", tried=2, handled=2)
+
+
+class FramesItCannotTake(Classifier):
+    """A classifier every frame is wrong for: the pipeline's own path for frames it must skip."""
+
+    def prepare(self, image, color="BGR"):
+        raise EdgeCNNError(f"a {image.shape[1]}×{image.shape[0]} frame does not fit this model")
+
+
+@needs_videos
+def test_watch_that_classified_nothing_fails_and_says_why(digits_int8):
+    classifier = load(digits_int8["tflite"])
+    classifier.__class__ = FramesItCannotTake
+    with pytest.raises(EdgeCNNError, match=r"none of \d+ frames could be classified .* does not fit this model"):
+        run_watch(str(VIDEOS / "bikes.mp4"), classifier, WatchOptions(max_frames=5), threading.Event())
+    record("watch: nothing classified", tried=1, refused=1)

@@ -140,6 +140,7 @@ def _safe(label: str) -> str:
 class PipelineStats:
     processed: int = 0
     bad_frames: int = 0  # frames the classifier could not take (shape, dtype): skipped and counted
+    first_bad: str | None = None  # why the first of them could not be classified
     skipped: int = 0  # left out on purpose by --every / --max-fps
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # capture → result, recent
     started: float = field(default_factory=time.monotonic)
@@ -230,7 +231,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
         return None if index % options.every else classifier.prepare(crop(image, options.roi))
 
     source = FrameSource(source_spec, realtime=options.realtime, give_up_after=options.give_up_after,
-                         prepare=prepare)
+                         prepare=prepare, stop=stop)
     tracker = AlertTracker(options.alert_labels, options.threshold, options.min_frames)
     events = EventLog(options.events) if options.events else None
     stats = PipelineStats()
@@ -264,6 +265,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                     if options.roi and stats.processed == 0 and stats.bad_frames == 0:
                         raise EdgeCNNError(frame.error)  # an ROI outside the frame: the user's mistake
                     stats.bad_frames += 1
+                    stats.first_bad = stats.first_bad or frame.error
                     continue
                 prediction = classifier.predict_prepared(frame.prepared)
                 done = time.monotonic()
@@ -292,6 +294,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                            f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
                 if options.max_frames and stats.processed >= options.max_frames:
                     break
+            interrupted = stop.is_set()  # by the user: closing the source sets it too
         failed = False
     finally:
         if events:
@@ -305,4 +308,13 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
         write_json(options.stats_json, summary)
     if source.error:
         raise EdgeCNNError(source.error)
+    if stats.processed == 0 and not interrupted:
+        raise EdgeCNNError(_nothing_classified(source_spec, source.stats.captured, stats))
     return summary
+
+
+def _nothing_classified(source: str, captured: int, stats: PipelineStats) -> str:
+    if captured == 0:
+        return f"{source}: no frame could be read (an empty or undecodable video?)"
+    return (f"{source}: none of {captured} frames could be classified ({stats.bad_frames} bad); the first: "
+            f"{stats.first_bad}")

@@ -98,7 +98,8 @@ class CaptureStats:
 
 class FrameSource:
     def __init__(self, source: str, *, realtime: bool = False, reconnect: bool | None = None,
-                 give_up_after: float | None = None, prepare: Callable[[np.ndarray, int], Any] | None = None):
+                 give_up_after: float | None = None, prepare: Callable[[np.ndarray, int], Any] | None = None,
+                 stop: threading.Event | None = None):
         self.source, self.kind = source, source_kind(source)
         # Work done on the capture thread, overlapping inference (the classifier's resize + lookup table):
         # prepare(image, index) → Frame.prepared.
@@ -114,7 +115,9 @@ class FrameSource:
         self._cond = threading.Condition()
         self._pending: list[Frame] = []
         self._ended = False
-        self._stop = threading.Event()
+        # The caller's stop event (e.g. set on Ctrl-C) also ends waiting for a source that is not up yet;
+        # closing the source sets it.
+        self._stop = stop or threading.Event()
         self._thread: threading.Thread | None = None
         self.fps = 0.0
 
@@ -127,10 +130,19 @@ class FrameSource:
 
     def start(self) -> None:
         capture = open_capture(self.source)
+        if capture is None and self.reconnect and self.give_up_after:
+            capture = self._retry_open()  # a box may boot before its camera: wait for it as after a drop
         if capture is None:
             what = {"camera": "camera", "stream": "stream", "file": "video file"}[self.kind]
-            raise EdgeCNNError(f"cannot open {what} {self.source}" + (
-                " (is the server up and the URL right?)" if self.kind == "stream" else ""))
+            if self.reconnect and self.give_up_after:
+                detail = f" within {self.give_up_after:g} s"
+            elif self.kind == "stream":
+                detail = " (is the server up and the URL right? --give-up-after S keeps trying that long)"
+            elif self.kind == "camera":
+                detail = " (--give-up-after S keeps trying that long)"
+            else:
+                detail = ""
+            raise EdgeCNNError(f"cannot open {what} {self.source}{detail}")
         self.fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         self.stats.started = self.stats.last_frame = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(capture,), name="edgecnn-capture", daemon=True)
@@ -204,15 +216,23 @@ class FrameSource:
         return frame
 
     def _reopen(self) -> cv2.VideoCapture | None:
-        """Reopen a dropped stream, waiting 0.5, 1, 2 ... 8 s between tries; None when stopped or given up."""
+        """Reopen a dropped stream; None when stopped or given up."""
+        capture = self._retry_open()
+        if capture is not None:
+            self.stats.reconnects += 1
+        elif not self._stop.is_set():
+            self.error = f"{self.source}: no frames for {self.give_up_after:.0f} s; gave up reconnecting"
+        return capture
+
+    def _retry_open(self) -> cv2.VideoCapture | None:
+        """Try to open the source, waiting 0.5, 1, 2 ... 8 s between tries, until it opens (the capture), the
+        source is stopped or `give_up_after` seconds have passed (None)."""
         delay, lost = BACKOFF_START_S, time.monotonic()
         while not self._stop.wait(delay):
             capture = open_capture(self.source)
             if capture is not None:
-                self.stats.reconnects += 1
                 return capture
             if self.give_up_after is not None and time.monotonic() - lost > self.give_up_after:
-                self.error = f"{self.source}: no frames for {self.give_up_after:.0f} s; gave up reconnecting"
                 return None
             delay = min(delay * 2, BACKOFF_MAX_S)
         return None
