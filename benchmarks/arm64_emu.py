@@ -27,7 +27,8 @@ CASES = {  # name: (files under runs/bench/, held-out data options)
     "resnet8 Fashion-MNIST": (["resnet8_fashion_mnist/resnet8_int8.tflite", "resnet8_fashion_mnist/resnet8_int8.onnx"],
                               ["--dataset", "fashion-mnist", "--eval-samples", "1000"]),
     "MobileNetV2 ImageNet": (["mobilenet_v2_imagenet/mobilenet_v2_int8.tflite",
-                              "mobilenet_v2_imagenet/mobilenet_v2_int8.onnx"], ["--images", PHOTOS, "--eval-samples", "40"]),
+                              "mobilenet_v2_imagenet/mobilenet_v2_int8.onnx"],
+                             ["--images", PHOTOS, "--eval-samples", "40"]),
 }
 CPUS = {"cortex-a72": "Pi 4", "cortex-a76": "Pi 5"}
 
