@@ -1,12 +1,16 @@
 """Regression tests for the adversarial pass (issue 18): hostile names, hosts and files end in one clear line,
 never in a crash, an injected option or a terminal that obeys a file."""
 
+import hashlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -131,3 +135,50 @@ def test_watch_that_classified_nothing_fails_and_says_why(digits_int8):
     with pytest.raises(EdgeCNNError, match=r"none of \d+ frames could be classified .* does not fit this model"):
         run_watch(str(VIDEOS / "bikes.mp4"), classifier, WatchOptions(max_frames=5), threading.Event())
     record("watch: nothing classified", tried=1, refused=1)
+
+
+def _export_process(checkpoint, out):
+    return subprocess.Popen([sys.executable, "-m", "edgecnn", "export", checkpoint, "--int8", "--calibration",
+                             "minmax", "--out", out, "--json", out / "report.json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(process, text: str) -> None:
+    for line in process.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed: {process.stderr.read()}")
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.5, 4.0])
+def test_ctrl_c_during_export_always_stops_it(digits_checkpoint, tmp_path, delay):
+    """SIGINT at some point of the conversion: exit 130, no file under a final name, no scratch left."""
+    out = tmp_path / "out"
+    export = _export_process(digits_checkpoint, out)
+    try:
+        _wait_for(export, "exporting")
+        time.sleep(delay)
+        export.send_signal(signal.SIGINT)
+        _, stderr = export.communicate(timeout=120)
+    finally:
+        export.kill()
+    assert export.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert sorted(p.name for p in out.iterdir()) == [".edgecnn.lock"]
+    record("export: Ctrl-C", tried=1, stopped=1)
+
+
+def test_two_exports_into_one_folder(digits_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    first = _export_process(digits_checkpoint, out)
+    try:
+        _wait_for(first, "exporting")
+        second = edgecnn("export", digits_checkpoint, "--int8", "--out", out)
+        stdout, stderr = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert_clean_error(second, "another export is writing to this folder")
+    assert first.returncode == 0, stderr
+    for artefact in json.loads((out / "report.json").read_text())["artifacts"]:
+        assert hashlib.sha256(Path(artefact["path"]).read_bytes()).hexdigest() == artefact["sha256"]
+    record("export: two writers", tried=1, refused=1)

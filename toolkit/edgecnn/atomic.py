@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -63,3 +64,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@contextmanager
+def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
+    """Hold `folder` for one writer: a second edgecnn process writing there is refused with one line instead of
+    both finishing and one report describing the other's files. The lock goes with the process (flock)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".edgecnn.lock", os.O_WRONLY | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise EdgeCNNError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EdgeCNNError(f"{folder}: another {what} is writing to this folder; wait for it to finish or "
+                               "give another --out") from None
+        yield
+    finally:
+        os.close(fd)

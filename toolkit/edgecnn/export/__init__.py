@@ -9,6 +9,7 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -20,7 +21,7 @@ import torch
 from rich.console import Console
 
 from edgecnn import __version__
-from edgecnn.atomic import fsync_dir, write_bytes
+from edgecnn.atomic import exclusive_folder, fsync_dir, write_bytes
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
@@ -28,6 +29,7 @@ from edgecnn.export.verify import FloatReference, Verification, float_reference,
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.integrity import sidecar_line, sidecar_path
 from edgecnn.runtime.modelfile import embed_card
+from edgecnn.signals import interruptible
 
 FORMATS = ("tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -72,6 +74,7 @@ class Artefact:
     scheme: dict | None = None  # the int8 scheme, its target and why
     layer_errors: list[dict] = field(default_factory=list)  # SQNR (dB) per quantized layer, worst first
     warnings: list[str] = field(default_factory=list)
+    sha256: str | None = None  # of the installed file, hashed before it got its final name
 
     @property
     def drop(self) -> float:
@@ -170,8 +173,13 @@ def export(
     out_dir = Path(out_dir)
     if options.int8 and (calibration is None or len(calibration) == 0):
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
+    with exclusive_folder(out_dir, "export"), interruptible() as check:
+        return _export_all(source, options, out_dir, calibration, verification, console, check)
+
+
+def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, calibration: Images | None,
+                verification: Images, console: Console, check) -> list[Artefact]:
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
@@ -192,24 +200,31 @@ def export(
     artefacts = []
     with scratch_dir as scratch:
         for fmt in options.formats:
+            check()
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
+            work = Path(scratch) / f"{final.stem}.work{final.suffix}"
             console.print(f"exporting {final} ...")
             builder = format_builder(fmt, source, calib_tensor, scheme, Path(scratch))
             try:
-                artefact = _export_one(builder, fmt, options, Path(scratch), final, calibration, verification,
-                                       reference, console, calib_reference)
+                artefact = _export_one(builder, fmt, options, Path(scratch), work, final, calibration,
+                                       verification, reference, console, calib_reference)
+                if artefact.status == "ok":
+                    check()  # an interrupted export leaves nothing under a final name
+                    artefact.sha256 = install(work, final, options.sidecar)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
             except OSError as e:  # a full disk while building: nothing is written under the final name
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed",
                                     error=f"cannot write {final}: {e.strerror or e}")
             artefacts.append(artefact)
+    check()
     return artefacts
 
 
-def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final: Path, calibration: Images | None,
-                verification: Images, reference: FloatReference, console: Console,
+def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
+                calibration: Images | None, verification: Images, reference: FloatReference, console: Console,
                 calib_reference: FloatReference | None) -> Artefact:
+    """Build, verify and gate one format into `work`; the caller installs it when its status is ok."""
     started = time.perf_counter()
 
     def build_with_card(path: Path, float_layers: list[str]) -> None:
@@ -227,7 +242,6 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
     if options.int8 and builder.source.qat is None:
         choice = _choose_ranges(builder, options, scratch / f"{final.stem}.calib{final.suffix}", build_with_card,
                                 calibration, calib_reference, console)
-    work = scratch / f"{final.stem}.work{final.suffix}"
     artefact = _artefact(final, fmt, options, build_verified(work, []), reference, started)
     artefact.layer_errors = builder.layer_errors if options.int8 else []
     if options.int8:
@@ -246,8 +260,6 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, final:
         artefact.status = "float ops left"
     elif over_budget:
         artefact.status = "gate failed"
-    if artefact.status == "ok":
-        install(work, final, options.sidecar)
     return artefact
 
 
@@ -271,16 +283,19 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
     return choice
 
 
-def install(work: Path, final: Path, sidecar: bool) -> None:
-    """Give the verified file its final name (atomic, durable). An old sidecar goes first: a stale one beside
-    the new file would call it corrupt, while a missing one only leaves the embedded hash to check."""
+def install(work: Path, final: Path, sidecar: bool) -> str:
+    """Give the verified file its final name (atomic, durable); returns the sha256 of what was verified, hashed
+    before the rename. An old sidecar goes first: a stale one beside the new file would call it corrupt, while
+    a missing one only leaves the embedded hash to check."""
+    data = work.read_bytes()
     sidecar_path(final).unlink(missing_ok=True)
     with open(work, "rb+") as f:
         os.fsync(f.fileno())
     work.replace(final)
     fsync_dir(final.parent)
     if sidecar:
-        write_bytes(sidecar_path(final), sidecar_line(final, final.read_bytes()).encode())
+        write_bytes(sidecar_path(final), sidecar_line(final, data).encode())
+    return hashlib.sha256(data).hexdigest()
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,
