@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from conftest import assert_clean_error, edgecnn, free_port, record
 from edgecnn.data import read_image
@@ -182,3 +183,46 @@ def test_two_exports_into_one_folder(digits_checkpoint, tmp_path):
     for artefact in json.loads((out / "report.json").read_text())["artifacts"]:
         assert hashlib.sha256(Path(artefact["path"]).read_bytes()).hexdigest() == artefact["sha256"]
     record("export: two writers", tried=1, refused=1)
+
+
+def test_a_card_that_contradicts_its_tensors_is_refused(digits_int8, tmp_path):
+    card = read_model_file(digits_int8["tflite"]).card
+    huge = crafted_card_copy(digits_int8["tflite"], tmp_path / "huge.tflite",
+                             preprocess={**card["preprocess"], "img_size": 20000})
+    assert_clean_error(edgecnn("watch", huge, "0"), "card says input size 20000", "32×32")
+    wrong_labels = crafted_card_copy(digits_int8["onnx"], tmp_path / "labels.onnx", labels=["cat", "dog"])
+    with pytest.raises(EdgeCNNError, match="name 2 classes but the model outputs 10"):
+        load(wrong_labels)
+    with pytest.raises(EdgeCNNError, match="img_size 64 does not fit .* fixed at 32×32"):
+        load(digits_int8["onnx"], img_size=64)
+    record("cards that contradict their tensors", tried=3, refused=3)
+
+
+@needs_videos
+def test_runtime_settings_that_would_give_nan_scores(digits_int8, tmp_path):
+    video = VIDEOS / "bikes.mp4"
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    cases = [(("--std", "0,0,0"), "std [0.0, 0.0, 0.0]"), (("--mean", "nan,0,0"), "mean [nan, 0.0, 0.0]"),
+             (("--labels", tmp_path / "labels.txt"), "name 2 classes but the model outputs 10")]
+    for args, message in cases:
+        assert_clean_error(edgecnn("watch", digits_int8["tflite"], video, *args), message)
+    with pytest.raises(EdgeCNNError, match="std"):
+        load(digits_int8["tflite"], std=(0.0, 0.0, 0.0))
+    record("watch/runtime: preprocessing that gives NaN, labels that do not fit", tried=4, refused=4)
+
+
+def test_a_declared_input_too_large_to_allocate(tmp_path):
+    """A third-party file declaring a 1×3×100000×100000 input (224 GiB as float) is refused before anything
+    allocates it: by the runtime, `bench` and `summary`."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+         onnx.helper.make_node("Flatten", ["pooled"], ["y"])], "huge",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 100000, 100000])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "huge.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    with pytest.raises(EdgeCNNError, match="would take 111.8 GiB"):
+        load(path)
+    result = edgecnn("bench", path, "--runs", "1")
+    assert result.returncode != 0 and "GiB per inference" in result.stderr, result.stderr
+    record("declared inputs too large to allocate", tried=2, refused=2)

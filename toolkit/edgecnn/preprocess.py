@@ -7,6 +7,7 @@ batch (training) or folded into a lookup table (int8 runtime). This module impor
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -15,8 +16,11 @@ from math import gcd
 import cv2
 import numpy as np
 
+from edgecnn.errors import EdgeCNNError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_IMG_SIZE = 4096  # input side in pixels; beyond it a single image takes ~200 MB as float
 # Above this many output phases on an axis, the per-phase OpenCV calls of `area_resize` cost about as much as
 # OpenCV's own INTER_AREA loop or more (measured, to 224: 300 px, 56 phases, 0.72 against 0.73 ms; 226 px, 112
 # phases, 1.5 against 0.8 ms; 231 px, 32 phases, 0.36 against 0.59 ms).
@@ -36,6 +40,20 @@ class Preprocess:
     crop: float | None = None
     layout: str = field(default="NCHW")
 
+    def __post_init__(self) -> None:
+        # Every entry point (recipes, checkpoints, model cards, runtime.load, watch --mean/--std) builds one of
+        # these: values that would give NaN scores or allocate gigabytes stop here, with one message.
+        if not (isinstance(self.img_size, int) and 1 <= self.img_size <= MAX_IMG_SIZE):
+            raise EdgeCNNError(f"input size {self.img_size!r}: expected a whole number from 1 to {MAX_IMG_SIZE}")
+        for name, values, low in (("mean", self.mean, -math.inf), ("std", self.std, 0.0)):
+            if len(values) != 3 or not all(math.isfinite(v) and v > low for v in values):
+                rule = "three positive numbers" if name == "std" else "three finite numbers"
+                raise EdgeCNNError(f"{name} {list(values)}: expected {rule} (r, g, b)")
+        if self.crop is not None and not 0 < self.crop <= 1:
+            raise EdgeCNNError(f"crop {self.crop}: expected a fraction of the shorter side in (0, 1]")
+        if self.color not in ("RGB", "BGR") or self.layout not in ("NCHW", "NHWC"):
+            raise EdgeCNNError(f"colour {self.color!r} / layout {self.layout!r}: expected RGB or BGR / NCHW or NHWC")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
@@ -43,14 +61,17 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        return cls(
-            img_size=int(d["img_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            color=str(d.get("color", "RGB")),
-            crop=None if d.get("crop") is None else float(d["crop"]),
-            layout=str(d.get("layout", "NCHW")),
-        )
+        try:
+            return cls(
+                img_size=int(d["img_size"]),
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+                color=str(d.get("color", "RGB")),
+                crop=None if d.get("crop") is None else float(d["crop"]),
+                layout=str(d.get("layout", "NCHW")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgeCNNError(f"preprocessing record is malformed ({type(e).__name__}: {e})") from None
 
 
 def resize_image(image: np.ndarray, pre: Preprocess, color: str = "RGB") -> np.ndarray:

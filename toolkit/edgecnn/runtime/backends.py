@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError, first_line, shorten
+from edgecnn.errors import EdgeCNNError, first_line, printable, shorten
 from edgecnn.native import quiet_native_output
 from edgecnn.runtime.modelfile import model_format, read_model_file
 
@@ -27,6 +27,19 @@ class TensorSpec:
     @property
     def quantized(self) -> bool:
         return self.scale != 0.0
+
+
+# One input sample larger than this is a damaged or hostile file, not a model for a small device: refused before
+# anything allocates it (a declared 1×3×100000×100000 input asked for 224 GiB).
+MAX_INPUT_BYTES = 1 << 30
+
+
+def check_input_size(path: Path, spec: TensorSpec, shape: tuple[int, ...] | None = None) -> None:
+    shape = tuple(shape or spec.shape)
+    size = int(np.prod([max(d, 1) for d in shape], dtype=np.float64)) * spec.dtype.itemsize
+    if size > MAX_INPUT_BYTES:
+        raise EdgeCNNError(f"{path}: input {printable(spec.name)} of shape {shape} would take {size / 2**30:.1f} GiB "
+                           f"per inference (more than {MAX_INPUT_BYTES / 2**30:.0f} GiB): refused")
 
 
 class Backend(Protocol):
@@ -59,9 +72,10 @@ class LiteRTBackend:
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
                 self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+                detail = self._interpreter.get_input_details()[0]
+                check_input_size(path, self._spec(detail), input_shape)  # before the runtime allocates it
                 if input_shape is not None:
-                    index = self._interpreter.get_input_details()[0]["index"]
-                    self._interpreter.resize_tensor_input(index, list(input_shape), strict=False)
+                    self._interpreter.resize_tensor_input(detail["index"], list(input_shape), strict=False)
                 self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise EdgeCNNError(f"{path}: the TFLite runtime cannot load it: {str(e).strip().splitlines()[0]}") from None
@@ -102,6 +116,7 @@ class OnnxBackend:
             raise EdgeCNNError(f"{path}: onnxruntime cannot load it: {shorten(str(e), 200)}") from None
         self.input = self._spec(self._session.get_inputs()[0], input_shape)
         self.output = self._spec(self._session.get_outputs()[0])
+        check_input_size(path, self.input)
 
     @staticmethod
     def _spec(arg, shape: tuple[int, ...] | None = None) -> TensorSpec:

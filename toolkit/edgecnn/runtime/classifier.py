@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, printable
 from edgecnn.preprocess import Preprocess, resize_image
 from edgecnn.runtime.backends import Backend, TensorSpec, load_backend
 from edgecnn.runtime.integrity import Integrity
@@ -79,16 +79,21 @@ class InputPipeline:
         return np.ascontiguousarray(x.transpose(2, 0, 1)) if self.layout == "NCHW" else x
 
 
+def classes_of(output: TensorSpec) -> int:
+    if len(output.shape) != 2:
+        raise EdgeCNNError(f"model output has shape {output.shape}: a classifier outputs (batch, classes)")
+    return output.shape[-1]
+
+
 class Classifier:
     def __init__(self, backend: Backend, pre: Preprocess, labels: list[str]):
         self.backend, self.pre, self.layout = backend, pre, pre.layout
         self.notes: list[str] = []  # e.g. that the file carries no edgecnn content hash
         self.integrity: Integrity | None = None  # what `load` checked; None with verify=False
-        out = backend.output
-        classes = out.shape[-1]
-        if len(out.shape) != 2:
-            raise EdgeCNNError(f"model output has shape {out.shape}: a classifier outputs (batch, classes)")
-        self.labels = labels if len(labels) == classes else [str(i) for i in range(classes)]
+        classes = classes_of(backend.output)
+        if len(labels) != classes:
+            raise EdgeCNNError(f"{len(labels)} labels for a model that outputs {classes} classes")
+        self.labels = labels
         self.inputs = InputPipeline(pre, backend.input)
         self.batch_fixed = backend.input.shape[0] == 1
 
@@ -138,22 +143,40 @@ def model_preprocess(
     color: str | None = None,
 ) -> Preprocess:
     """How to feed the model: its embedded card, overridden by the arguments; the layout and size from the
-    input shape for files without a card (mean 0, std 1: pixels scaled to [0, 1])."""
+    input shape for files without a card (mean 0, std 1: pixels scaled to [0, 1]). A card or an `img_size` that
+    contradicts a fixed input size is refused with both numbers."""
     card = model_file.card or {}
+    card_pre = card.get("preprocess", {})
     layout = card.get("input", {}).get("layout") or _layout_from_shape(input_shape)
     spatial = input_shape[1:3] if layout == "NHWC" else input_shape[2:4]
-    card_pre = card.get("preprocess", {})
-    size = img_size or card_pre.get("img_size") or (spatial[0] if spatial[0] > 0 else None)
+    fixed = spatial[0] if len(spatial) == 2 and spatial[0] > 0 else None
+    if card_pre.get("img_size") is not None and fixed and card_pre["img_size"] != fixed:
+        raise EdgeCNNError(f"{model_file.path}: its card says input size {printable(card_pre['img_size'])} but the "
+                           f"input tensor is {fixed}×{fixed}: the card does not belong to these weights")
+    if img_size is not None and fixed and img_size != fixed:
+        raise EdgeCNNError(f"img_size {img_size} does not fit {model_file.path.name}, whose input is fixed at "
+                           f"{fixed}×{fixed}")
+    size = img_size or card_pre.get("img_size") or fixed
     if not size:
         raise EdgeCNNError(f"{model_file.path}: input size is not fixed in the model and not given; pass img_size")
-    return Preprocess(
-        img_size=int(size),
-        mean=tuple(mean or card_pre.get("mean") or (0.0, 0.0, 0.0)),
-        std=tuple(std or card_pre.get("std") or (1.0, 1.0, 1.0)),
-        color=color or card_pre.get("color", "RGB"),
-        crop=card_pre.get("crop"),
-        layout=layout,
-    )
+    return Preprocess.from_dict({
+        "img_size": size, "mean": mean or card_pre.get("mean") or (0.0, 0.0, 0.0),
+        "std": std or card_pre.get("std") or (1.0, 1.0, 1.0), "color": color or card_pre.get("color", "RGB"),
+        "crop": card_pre.get("crop"), "layout": layout,
+    })
+
+
+def _labels(model_file: ModelFile, output: TensorSpec, labels: list[str] | None) -> list[str]:
+    """The given labels, else the card's, else class indices; a count that does not match the output is
+    refused: silently falling back to indices would print numbers where the user expects names."""
+    classes = classes_of(output)
+    given = labels if labels is not None else (model_file.card or {}).get("labels")
+    if not given:
+        return [str(i) for i in range(classes)]
+    if len(given) != classes:
+        whose = "the labels given" if labels is not None else f"the card of {model_file.path.name}"
+        raise EdgeCNNError(f"{whose} name {len(given)} classes but the model outputs {classes}")
+    return [str(label) for label in given]
 
 
 def load(
@@ -174,7 +197,7 @@ def load(
     model_file = read_model_file(path, verify=verify)  # parsed first: no runtime sees a truncated or garbage file
     backend = load_backend(path, threads)
     pre = model_preprocess(model_file, backend.input.shape, img_size, mean, std, color)
-    classifier = Classifier(backend, pre, labels or (model_file.card or {}).get("labels") or [])
+    classifier = Classifier(backend, pre, _labels(model_file, backend.output, labels))
     classifier.notes = model_file.notes
     classifier.integrity = model_file.integrity
     return classifier
