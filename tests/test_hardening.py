@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import assert_clean_error, edgecnn, free_port, record
-from edgecnn.data import read_image
+from edgecnn.data import load_dataset, read_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import video_frames
 from edgecnn.preprocess import Preprocess
@@ -226,3 +226,27 @@ def test_a_declared_input_too_large_to_allocate(tmp_path):
     result = edgecnn("bench", path, "--runs", "1")
     assert result.returncode != 0 and "GiB per inference" in result.stderr, result.stderr
     record("declared inputs too large to allocate", tried=2, refused=2)
+
+
+def test_an_image_folder_is_checked_once_and_every_problem_listed(tmp_path):
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    for split, label, count in (("train", "cat", 3), ("train", "dog", 3), ("val", "cat", 1), ("val", "dog", 1),
+                                ("val", "owl", 1)):
+        (tmp_path / split / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (tmp_path / split / label / f"{i}.png").write_bytes(png)
+    (tmp_path / "train" / "empty").mkdir()
+    (tmp_path / "train" / "cat" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dog" / "text.png").write_text("not a picture")
+    with pytest.raises(EdgeCNNError) as caught:
+        load_dataset(f"imagefolder:{tmp_path}")
+    message = str(caught.value)
+    for problem in ("4 problem(s)", "class 'owl' is in val/ but not in train/", "class 'empty' has no images",
+                    "zero.jpg: empty file", "text.png: not an image file"):
+        assert problem in message, message
+    (tmp_path / "empty-only").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "empty-only" / name).mkdir()
+    assert_clean_error(edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'empty-only'}",
+                               "--out", tmp_path / "run"), "2 problem(s)", "has no images")
+    record("image folders with problems", tried=2, refused=2)

@@ -256,19 +256,49 @@ def _scan(root: Path, classes: list[str]) -> ImageList:
 
 
 def _imagefolder(root: Path) -> Dataset:
+    """One subfolder per class (or train/ + val|test/ each with them), checked once up front: every problem is
+    listed before any training starts, not the first bad file mid-epoch."""
     if not root.is_dir():
         raise EdgeCNNError(f"imagefolder: {root} is not a folder")
     held_out = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    problems = []
     if (root / "train").is_dir() and held_out is not None:
         classes = [p.name for p in _class_folders(root / "train")]
         train, test = _scan(root / "train", classes), _scan(held_out, classes)
+        problems += [f"class '{printable(p.name)}' is in {held_out.name}/ but not in train/"
+                     for p in _class_folders(held_out) if p.name not in classes]
     else:
         classes = [p.name for p in _class_folders(root)]
-        everything = _scan(root, classes)
-        train_idx, test_idx = _stratified_split(everything.labels)
-        train, test = everything.subset(train_idx), everything.subset(test_idx)
+        train, test = _scan(root, classes), None  # split below, once the files are known to be good
     if len(classes) < 2:
         raise EdgeCNNError(f"imagefolder: {root} needs at least two class subfolders, found {len(classes)}")
-    if len(train) == 0 or len(test) == 0:
-        raise EdgeCNNError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    counts = np.bincount(train.labels, minlength=len(classes))
+    problems += [f"class '{printable(name)}' has no images" for name, n in zip(classes, counts, strict=True) if not n]
+    files = train.paths + (test.paths if test else [])
+    problems += [problem for p in files if (problem := _image_file_problem(p))]
+    if problems:
+        shown = "; ".join(sorted(problems)[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise EdgeCNNError(f"imagefolder {root}: {len(problems)} problem(s): {shown}")
+    if test is None:
+        train_idx, test_idx = _stratified_split(train.labels)
+        train, test = train.subset(train_idx), train.subset(test_idx)
+    if len(test) == 0:
+        raise EdgeCNNError(f"imagefolder: no held-out images under {root}: add images (or a val/ folder)")
     return Dataset(f"imagefolder:{root}", classes, train, test)
+
+
+# The first bytes of the formats in IMAGE_SUFFIXES: a cheap check of every file before training reads them.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"P2", b"P3")
+
+
+def _image_file_problem(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        return f"{printable(path)}: unreadable ({e.strerror or e})"
+    if not head:
+        return f"{printable(path)}: empty file"
+    if not head.startswith(IMAGE_SIGNATURES) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+        return f"{printable(path)}: not an image file"
+    return None
