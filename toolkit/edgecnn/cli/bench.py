@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgecnn.cli.common import console, int_list, json_option, no_verify_option, options_from, write_json_output
+from edgecnn.cli.common import (
+    THREADS,
+    console,
+    int_list,
+    json_option,
+    no_verify_option,
+    options_from,
+    warn_about_threads,
+    write_json_output,
+)
 from edgecnn.errors import EdgeCNNError
 
 # Where a measurement runs, and how to reach it (edgecnn.bench.make_target's keywords).
@@ -37,7 +46,7 @@ def device_options(f):
 
 @click.command()
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--threads", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
+@click.option("--threads", type=THREADS, multiple=True, default=(1,), show_default=True,
               help="Thread count; repeat it to measure several, e.g. --threads 1 --threads 4.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs (at least).")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
@@ -82,6 +91,8 @@ def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | Non
 
     if plot_path:
         require_matplotlib()  # before minutes of measuring, not after
+    if params["device"] in ("cpu", "local"):
+        warn_about_threads(max(params["threads"]))
     profiles = parse_profiles(params["estimate"]) if params["estimate"] else []
     shape = params["input_shape"]
     options = options_from(BenchOptions, params, threads=tuple(dict.fromkeys(params["threads"])),

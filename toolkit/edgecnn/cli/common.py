@@ -9,6 +9,7 @@ images used, `--batch-size` a batch.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -19,11 +20,23 @@ from rich.console import Console
 
 from edgecnn.atomic import write_json
 from edgecnn.errors import EdgeCNNError
+from edgecnn.preprocess import MAX_IMG_SIZE
 
 # Tables keep their columns in logs and pipes too (rich would otherwise assume 80 columns).
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 JSON_TO_STDOUT = Path("-")
+# Value types shared by verbs, with bounds: a typo of 100000 should be a usage error, not gigabytes allocated.
+IMG_SIZE = click.IntRange(min=8, max=MAX_IMG_SIZE)
+NUM_CLASSES = click.IntRange(min=2, max=100_000)
+THREADS = click.IntRange(min=1, max=1024)
+
+
+def warn_about_threads(threads: int) -> None:
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        console.print(f"[yellow]warning: {threads} threads on {cores} cores: they will take turns, and latency "
+                      "figures will say more about the scheduler than the model[/yellow]")
 
 
 def _json_destination(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli.common import console, json_option, write_json_output
+from edgecnn.cli.common import IMG_SIZE, console, json_option, write_json_output
 from edgecnn.errors import EdgeCNNError
 
 
@@ -17,7 +17,7 @@ from edgecnn.errors import EdgeCNNError
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Class names, one per line.")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --weights: the registry model's channel width multiplier.")
-@click.option("--img-size", type=click.IntRange(min=8), help="Input size for --weights [default: 224].")
+@click.option("--img-size", type=IMG_SIZE, help="Input size for --weights [default: 224].")
 @click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma-separated: tflite, onnx.")
 @click.option("--int8", is_flag=True, help="Quantize to int8 (calibrated, verified).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=200, show_default=True,

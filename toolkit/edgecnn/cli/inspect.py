@@ -6,14 +6,22 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli.common import JSON_TO_STDOUT, console, json_option, no_verify_option, write_json_output
+from edgecnn.cli.common import (
+    IMG_SIZE,
+    JSON_TO_STDOUT,
+    NUM_CLASSES,
+    console,
+    json_option,
+    no_verify_option,
+    write_json_output,
+)
 
 
 @click.command()
 @click.argument("model", metavar="MODEL_OR_FILE")
-@click.option("--img-size", type=click.IntRange(min=1),
+@click.option("--img-size", type=IMG_SIZE,
               help="Input size [default: the checkpoint's, else 32 as for `train` without --weights].")
-@click.option("--num-classes", type=click.IntRange(min=2),
+@click.option("--num-classes", type=NUM_CLASSES,
               help="Classes of the head [default: 1000, or the checkpoint's].")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="A registry model's channel width multiplier.")

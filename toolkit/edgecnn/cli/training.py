@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgecnn.cli.common import console, json_option, write_json_output
+from edgecnn.cli.common import IMG_SIZE, console, json_option, write_json_output
 from edgecnn.errors import EdgeCNNError
 
 DEVICE_HELP = "Where PyTorch runs: auto (cuda when present), cpu or cuda."
@@ -43,7 +43,7 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @click.option("--dataset", required=True, help="digits, fashion-mnist[:DIR], cifar10[:DIR] or imagefolder:DIR.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Writes best.pt, last.pt.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over the data.")
-@click.option("--img-size", type=click.IntRange(min=8),
+@click.option("--img-size", type=IMG_SIZE,
               help="[default: 224 with --weights (their pretraining size), else 32]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[default: 0.1 for sgd, 1e-3 for adamw]")

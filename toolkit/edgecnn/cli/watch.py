@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli.common import console, no_verify_option, options_from, rgb
+from edgecnn.cli.common import IMG_SIZE, THREADS, console, no_verify_option, options_from, rgb, warn_about_threads
 from edgecnn.errors import EdgeCNNError
 
 
 @click.command()
 @click.argument("model_path", metavar="FILE", type=click.Path(path_type=Path))
 @click.argument("source")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Inference threads.")
-@click.option("--img-size", type=click.IntRange(min=8), help="Input size, for files without an edgecnn card.")
+@click.option("--threads", type=THREADS, default=2, show_default=True, help="Inference threads.")
+@click.option("--img-size", type=IMG_SIZE, help="Input size, for files without an edgecnn card.")
 @click.option("--mean", help="Normalisation mean r,g,b (0..1), for files without a card.")
 @click.option("--std", help="Normalisation std r,g,b, for files without a card.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Class names, one per line.")
@@ -50,6 +50,7 @@ def watch(model_path: Path, source: str, threads: int, img_size: int | None, mea
     from edgecnn.runtime.report import shown
     from edgecnn.watch import WatchOptions, parse_roi, run_watch
 
+    warn_about_threads(threads)
     labels = read_labels(labels_file) if labels_file else None
     classifier = load(model_path, threads, img_size=img_size, mean=rgb(mean, "--mean"), std=rgb(std, "--std"),
                       labels=labels, verify=not no_verify)

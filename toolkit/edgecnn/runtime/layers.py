@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.runtime.modelfile import model_format
 from edgecnn.runtime.report import shown
 
@@ -111,7 +112,10 @@ def _onnx_layers(path: Path, verify: bool) -> list[LayerRow]:
     from edgecnn.runtime.modelfile import onnx_layer_path, read_model_file
 
     info = read_model_file(path, verify=verify)
-    model = onnx.load(path)
+    try:  # weights in external data files are read here: one may be missing or unreadable
+        model = onnx.load(path)
+    except Exception as e:
+        raise EdgeCNNError(f"{path}: cannot read its weights: {first_line(e)}") from None
     with contextlib.suppress(Exception):
         model = shape_inference.infer_shapes(model)
     graph = model.graph
