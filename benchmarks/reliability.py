@@ -190,7 +190,33 @@ def readme_tables(report: dict) -> str:
         c = counts.get(name, {})
         lost = sum(v for k, v in c.items() if k not in ("injected", "reconnects"))
         lines.append(f"| {name.removeprefix('faults: ')} (×{c.get('injected', 0)}) | `{test}` | {checked} | {lost} |")
+    lines += ["", "| hostile input (`test_hardening.py`) | what edgecnn does | tried | handled so |",
+              "|---|---|---|---|"]
+    for name, promise in HOSTILE:
+        c = counts.get(name, {})
+        lines.append(f"| {name} | {promise} | {c.get('tried', 0)} | {c.get('handled', 0)} |")
     return "\n".join(lines)
+
+
+HOSTILE = [
+    ("ssh destinations", "a user or host that starts with '-' or holds control characters is refused; ssh gets `--` "
+     "before the destination"),
+    ("terminal escapes in cards", "labels and card fields are shown with escape sequences, bidi overrides and rich "
+     "markup made inert"),
+    ("file names that are not UTF-8", "images are read (training runs); videos OpenCV would crash on are refused, "
+     "named as bytes"),
+    ("cards that contradict their tensors", "input size or label count against the file's tensors: refused with "
+     "both numbers"),
+    ("watch/runtime: preprocessing that gives NaN, labels that do not fit", "std 0, NaN mean, a labels file of the "
+     "wrong length: one line, exit 2"),
+    ("declared inputs too large to allocate", "over 1 GiB per input: refused before any runtime allocates it"),
+    ("image folders with problems", "every problem listed up front: empty classes, classes only in val/, empty and "
+     "non-image files"),
+    ("watch: camera down at start", "retries until --give-up-after, then one line"),
+    ("watch: nothing classified", "exit 2 with the first frame's reason"),
+    ("export: Ctrl-C", "SIGINT at three points of the conversion: exit 130, no file under a final name"),
+    ("export: two writers", "the second is refused; the report's sha256 is the installed file's"),
+]
 
 
 FAULTS = [

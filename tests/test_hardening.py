@@ -41,7 +41,7 @@ def test_an_ssh_destination_is_never_an_option(digits_int8, tmp_path):
     for url in hostile:
         assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", url), "may not start with '-'")
     assert not marker.exists()
-    record("ssh destinations", tried=len(hostile), refused=len(hostile))
+    record("ssh destinations", tried=len(hostile), handled=len(hostile))
 
 
 def crafted_card_copy(source, path, **fields):
@@ -63,7 +63,7 @@ def test_text_from_a_file_cannot_drive_the_terminal(digits_int8, tmp_path):
     refused = edgecnn("watch", crafted, VIDEOS / "bikes.mp4", "--alert", "cat")
     assert_clean_error(refused, "not a label")
     assert "\x1b" not in refused.stderr and "\\x1b[2J" in refused.stderr
-    record("terminal escapes in cards", tried=2, refused=2)
+    record("terminal escapes in cards", tried=2, handled=2)
 
 
 def _bad_name(folder, stem: bytes, suffix: bytes):
@@ -85,7 +85,7 @@ def test_image_names_that_are_not_utf8(tmp_path):
     result = edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'photos'}", "--epochs",
                      "1", "--img-size", "16", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    record("file names that are not UTF-8", tried=2, crashed=0)
+    record("file names that are not UTF-8", tried=2, handled=2)
 
 
 @needs_videos
@@ -96,7 +96,7 @@ def test_video_names_that_are_not_utf8(digits_int8, tmp_path):
                        "b'")
     with pytest.raises(EdgeCNNError, match="not valid UTF-8"):  # export --calib-video reads frames here
         video_frames(video, 10, Preprocess(32), 5)
-    record("file names that are not UTF-8", tried=1, crashed=0)
+    record("file names that are not UTF-8", tried=1, handled=1)
 
 
 @needs_videos
@@ -135,7 +135,7 @@ def test_watch_that_classified_nothing_fails_and_says_why(digits_int8):
     classifier.__class__ = FramesItCannotTake
     with pytest.raises(EdgeCNNError, match=r"none of \d+ frames could be classified .* does not fit this model"):
         run_watch(str(VIDEOS / "bikes.mp4"), classifier, WatchOptions(max_frames=5), threading.Event())
-    record("watch: nothing classified", tried=1, refused=1)
+    record("watch: nothing classified", tried=1, handled=1)
 
 
 def _export_process(checkpoint, out):
@@ -166,7 +166,7 @@ def test_ctrl_c_during_export_always_stops_it(digits_checkpoint, tmp_path, delay
     assert export.returncode == 130, stderr
     assert "interrupted" in stderr
     assert sorted(p.name for p in out.iterdir()) == [".edgecnn.lock"]
-    record("export: Ctrl-C", tried=1, stopped=1)
+    record("export: Ctrl-C", tried=1, handled=1)
 
 
 def test_two_exports_into_one_folder(digits_checkpoint, tmp_path):
@@ -182,7 +182,7 @@ def test_two_exports_into_one_folder(digits_checkpoint, tmp_path):
     assert first.returncode == 0, stderr
     for artefact in json.loads((out / "report.json").read_text())["artifacts"]:
         assert hashlib.sha256(Path(artefact["path"]).read_bytes()).hexdigest() == artefact["sha256"]
-    record("export: two writers", tried=1, refused=1)
+    record("export: two writers", tried=1, handled=1)
 
 
 def test_a_card_that_contradicts_its_tensors_is_refused(digits_int8, tmp_path):
@@ -195,7 +195,7 @@ def test_a_card_that_contradicts_its_tensors_is_refused(digits_int8, tmp_path):
         load(wrong_labels)
     with pytest.raises(EdgeCNNError, match="img_size 64 does not fit .* fixed at 32×32"):
         load(digits_int8["onnx"], img_size=64)
-    record("cards that contradict their tensors", tried=3, refused=3)
+    record("cards that contradict their tensors", tried=3, handled=3)
 
 
 @needs_videos
@@ -208,7 +208,7 @@ def test_runtime_settings_that_would_give_nan_scores(digits_int8, tmp_path):
         assert_clean_error(edgecnn("watch", digits_int8["tflite"], video, *args), message)
     with pytest.raises(EdgeCNNError, match="std"):
         load(digits_int8["tflite"], std=(0.0, 0.0, 0.0))
-    record("watch/runtime: preprocessing that gives NaN, labels that do not fit", tried=4, refused=4)
+    record("watch/runtime: preprocessing that gives NaN, labels that do not fit", tried=4, handled=4)
 
 
 def test_a_declared_input_too_large_to_allocate(tmp_path):
@@ -225,7 +225,7 @@ def test_a_declared_input_too_large_to_allocate(tmp_path):
         load(path)
     result = edgecnn("bench", path, "--runs", "1")
     assert result.returncode != 0 and "GiB per inference" in result.stderr, result.stderr
-    record("declared inputs too large to allocate", tried=2, refused=2)
+    record("declared inputs too large to allocate", tried=2, handled=2)
 
 
 def test_an_image_folder_is_checked_once_and_every_problem_listed(tmp_path):
@@ -249,4 +249,4 @@ def test_an_image_folder_is_checked_once_and_every_problem_listed(tmp_path):
         (tmp_path / "empty-only" / name).mkdir()
     assert_clean_error(edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'empty-only'}",
                                "--out", tmp_path / "run"), "2 problem(s)", "has no images")
-    record("image folders with problems", tried=2, refused=2)
+    record("image folders with problems", tried=2, handled=2)
