@@ -1,3 +1,4 @@
+import io
 import os
 import shutil
 import signal
@@ -12,8 +13,11 @@ from conftest import edgecnn, record
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.data import load_dataset
 from edgecnn.loader import make_loader
+from edgecnn.models import FAMILY_DEFAULTS, MODELS
 from edgecnn.preprocess import Preprocess
-from edgecnn.train import learning_rate, recalibrate_batchnorm
+from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, load_recipe, validate
+from edgecnn.train import TrainResult, learning_rate, not_learning_warning, recalibrate_batchnorm, train
+from rich.console import Console
 
 TRAIN = ["train", "--model", "tinycnn", "--dataset", "digits", "--img-size", "16", "--batch-size", "16"]
 
@@ -23,6 +27,57 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert lrs[10] == pytest.approx(0.1) and lrs[100] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def _resolved(model: str, **train) -> TrainConfig:
+    return validate(Recipe(model=ModelConfig(model), train=TrainConfig(epochs=3, **train))).train
+
+
+def test_family_defaults_fill_only_what_the_user_left_unset(tmp_path):
+    assert all(spec.family in FAMILY_DEFAULTS for spec in MODELS.values())
+    assert (_resolved("mobilenet_v2").lr, _resolved("mobilenet_v2").warmup_epochs) == (0.02, 1.0)
+    assert (_resolved("tinycnn").lr, _resolved("tinycnn").warmup_epochs) == (0.1, 0.0)
+    assert (_resolved("resnet50", lr=0.05).lr, _resolved("resnet50", lr=0.05).warmup_epochs) == (0.05, 1.0)
+    assert _resolved("resnet50", warmup_epochs=0.0).warmup_epochs == 0.0
+    assert _resolved("resnet50", optimizer="adamw").lr == 1e-3
+    # A run shorter than the family's warm-up still ends with a decaying rate.
+    assert validate(Recipe(model=ModelConfig("resnet18"), train=TrainConfig(epochs=1))).train.warmup_epochs == 1 / 3
+    (tmp_path / "r.yaml").write_text("model: {name: mobilenet_v2}\ntrain: {lr: 0.3}\n")
+    cfg = load_recipe(tmp_path / "r.yaml").train
+    assert (cfg.lr, cfg.warmup_epochs) == (0.3, 1.0)
+
+
+def _train_quietly(tmp_path: Path, **train_options) -> tuple[str, TrainResult]:
+    console = Console(file=io.StringIO(), width=200)
+    recipe = Recipe(data=DataConfig(img_size=16, batch_size=16), model=ModelConfig("tinycnn", 0.5),
+                    train=TrainConfig(device="cpu", **train_options))
+    result = train(recipe, tmp_path, console=console)
+    return console.file.getvalue(), result
+
+
+def test_a_learning_run_prints_its_defaults_and_no_warning(tmp_path):
+    output, result = _train_quietly(tmp_path, epochs=2)
+    assert "tinycnn: edge family defaults lr 0.1, warmup_epochs 0 " in output
+    assert "warning" not in output and result.warning is None and result.best_top1 > 0.8
+    config = load_checkpoint(tmp_path / "last.pt").training["config"]
+    assert (config["lr"], config["warmup_epochs"]) == (0.1, 0.0)  # what was used, not "unset"
+
+
+def test_a_run_that_does_not_learn_is_warned_about(tmp_path):
+    output, result = _train_quietly(tmp_path, epochs=2, lr=1e-5)  # far too small to move the weights
+    lines = [line for line in output.splitlines() if line.startswith("warning: not learning after epoch 1")]
+    assert len(lines) == 1 and "--lr" in lines[0] and result.warning == lines[0]  # once, not every epoch
+    assert result.history[-1]["epoch"] == 2  # a warning, not an error
+
+
+def test_not_learning_warning_names_the_fix():
+    cfg = TrainConfig(lr=0.1, warmup_epochs=0.0)
+    diverging = not_learning_warning({"epoch": 1, "train_loss": 7.5, "top1": 0.16}, 10, cfg)
+    assert "--lr 0.02, now 0.1" in diverging and "--warmup-epochs 1" in diverging
+    assert "--warmup-epochs" not in not_learning_warning({"epoch": 1, "train_loss": 7.5, "top1": 0.16}, 10,
+                                                         TrainConfig(lr=0.1, warmup_epochs=1.0))
+    assert not_learning_warning({"epoch": 1, "train_loss": 7.5, "top1": 0.35}, 10, cfg) is None  # above chance
+    assert not_learning_warning({"epoch": 1, "train_loss": 1.2, "top1": 0.15}, 10, cfg) is None  # loss falling
 
 
 def test_batchnorm_recalibration_uses_the_data():

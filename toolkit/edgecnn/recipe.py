@@ -52,10 +52,12 @@ class UnfreezeConfig:
 class TrainConfig:
     epochs: int = 10
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
+    # lr and warmup_epochs: None takes the model family's default (edgecnn.models.FAMILY_DEFAULTS); validate()
+    # and train() fill them in through with_train_defaults.
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = None
     label_smoothing: float = 0.0
     # Batches used to re-estimate BatchNorm statistics after each epoch; 0 turns it off.
     bn_recalibration_batches: int = 20
@@ -204,11 +206,29 @@ def input_size(recipe: Recipe) -> int:
     return PRETRAINED_IMG_SIZE if recipe.model.weights else DEFAULT_IMG_SIZE
 
 
+def with_train_defaults(recipe: Recipe) -> Recipe:
+    """`recipe` with its unset (None) train.lr and train.warmup_epochs taken from the model family's defaults; the
+    values a user set are kept. A family's warm-up is cut to a third of a shorter run, so that the rate still decays.
+    """
+    t = recipe.train
+    if t.lr is not None and t.warmup_epochs is not None:
+        return recipe
+    from edgecnn.models import FAMILY_DEFAULTS, model_spec
+
+    family = FAMILY_DEFAULTS[model_spec(recipe.model.name).family]
+    lr = t.lr if t.lr is not None else family.lr if t.optimizer == "sgd" else family.adamw_lr
+    warmup = t.warmup_epochs if t.warmup_epochs is not None else min(family.warmup_epochs, t.epochs / 3)
+    return dataclasses.replace(recipe, train=dataclasses.replace(t, lr=lr, warmup_epochs=warmup))
+
+
 def validate(recipe: Recipe) -> Recipe:
-    """Checks beyond types: ranges, names and files. Raises EdgeCNNError naming the key."""
+    """Checks beyond types: ranges, names and files; returns the recipe with its training defaults filled in.
+    Raises EdgeCNNError naming the key."""
     from edgecnn.data import AUGMENTATIONS, parse_dataset
     from edgecnn.models import model_spec
 
+    model_spec(recipe.model.name)
+    recipe = with_train_defaults(recipe)
     positive = {
         "data.img_size": input_size(recipe),
         "data.batch_size": recipe.data.batch_size,
@@ -259,7 +279,6 @@ def validate(recipe: Recipe) -> Recipe:
     name, path = parse_dataset(recipe.data.dataset)
     if path is not None and name == "imagefolder" and not Path(path).is_dir():
         raise EdgeCNNError(f"data.dataset: folder not found: {path}")
-    model_spec(recipe.model.name)
     weights = recipe.model.weights
     if weights and (Path(weights).suffix in (".pth", ".pt") or "/" in weights) and not Path(weights).is_file():
         raise EdgeCNNError(f"model.weights: file not found: {weights}")

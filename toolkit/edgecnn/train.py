@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,10 +23,10 @@ from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.data import Dataset, default_normalisation, load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import make_loader, normalise_batch, set_epoch
-from edgecnn.models import build_model, load_pretrained
+from edgecnn.models import build_model, load_pretrained, model_spec
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes
-from edgecnn.recipe import Recipe, input_size
+from edgecnn.recipe import Recipe, TrainConfig, input_size, with_train_defaults
 from edgecnn.transfer import (
     apply_freeze,
     backbone_blocks,
@@ -159,6 +159,37 @@ def train_one_epoch(
     return {"loss": total_loss / max(1, seen), "acc": correct / max(1, seen), "steps": step - first_step}
 
 
+def defaults_note(recipe: Recipe) -> str | None:
+    """One line naming the model family's training defaults that this (resolved) recipe trains with, or None where
+    the user chose other values for all of them."""
+    cfg = recipe.train
+    family = with_train_defaults(replace(recipe, train=replace(cfg, lr=None, warmup_epochs=None))).train
+    used = []
+    if cfg.lr == family.lr:
+        used.append(f"lr {cfg.lr:g}")
+    if cfg.warmup_epochs == family.warmup_epochs:
+        used.append(f"warmup_epochs {cfg.warmup_epochs:.3g}")
+    if not used:
+        return None
+    return (f"{recipe.model.name}: {model_spec(recipe.model.name).family} family defaults {', '.join(used)} "
+            "(--lr/--warmup-epochs or train.lr/train.warmup_epochs to change)")
+
+
+def not_learning_warning(row: dict, num_classes: int, cfg: TrainConfig) -> str | None:
+    """A warning line when an epoch at full learning rate left the model at chance: train loss no lower than a
+    uniform guess's (ln C) and top-1 within a tenth of the way from chance to perfect. None otherwise."""
+    guess_loss, chance = math.log(num_classes), 1 / num_classes
+    if row["train_loss"] < 0.95 * guess_loss or row["top1"] > chance + 0.1 * (1 - chance):
+        return None
+    if row["train_loss"] > 1.1 * guess_loss:  # above a uniform guess: the steps overshoot
+        fix = f"lower the learning rate (--lr {cfg.lr / 5:.2g}, now {cfg.lr:g})"
+        fix += " and warm up (--warmup-epochs 1)" if not cfg.warmup_epochs else ""
+    else:  # flat at a uniform guess: steps too small to move, or too large and the network collapsed
+        fix = f"check that labels fit images, then try --lr {cfg.lr * 10:.2g} or {cfg.lr / 10:.2g} (now {cfg.lr:g})"
+    return (f"warning: not learning after epoch {row['epoch']}: train loss {row['train_loss']:.3g} (a uniform guess "
+            f"scores {guess_loss:.2f}), top-1 {row['top1']:.1%} (chance {chance:.1%}); {fix}")
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: torch.utils.data.DataLoader, pre: Preprocess, device: torch.device,
@@ -222,6 +253,7 @@ class TrainResult:
     history: list[dict]
     best_path: Path
     last_path: Path
+    warning: str | None = None  # not_learning_warning's line, if an epoch printed it
 
 
 def _resume_state(last_path: Path, recipe: Recipe) -> Checkpoint:
@@ -243,7 +275,8 @@ def train(
     """Train `recipe`'s model on its dataset; write out_dir/best.pt and out_dir/last.pt after every epoch.
 
     `model` starts from given weights and shapes instead of the registry's (fine-tuning a pruned model); its
-    layer shapes are stored in the checkpoints."""
+    layer shapes are stored in the checkpoints. Unset learning rate and warm-up take the model family's defaults."""
+    recipe = with_train_defaults(recipe)
     cfg, out_dir = recipe.train, Path(out_dir)
     console = console or Console()
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -315,9 +348,12 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    note = defaults_note(recipe)
+    if ddp.is_main and note:
+        console.print(note, soft_wrap=True)
     if ddp.is_main and start_epoch < cfg.epochs:
         console.print(f"{'epoch':>5} {'lr':>9} {'loss':>8} {'train':>7} {'top1':>7} {'top5':>7} {'time':>7}")
-    started = time.perf_counter()
+    started, warning = time.perf_counter(), None
     for epoch in range(start_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
         set_epoch(train_loader, epoch, recipe.seed)
@@ -344,6 +380,10 @@ def train(
                 f"{row['epoch']:>5} {row['lr']:>9.2e} {row['train_loss']:>8.4f} {row['train_acc']:>7.2%} "
                 f"{row['top1']:>7.2%} {row['top5']:>7.2%} {row['seconds']:>6.1f}s"
             )
+            if warning is None and epoch + 1 >= min(cfg.warmup_epochs, cfg.epochs):  # judged at full rate only
+                warning = not_learning_warning(row, len(dataset.classes), cfg)
+                if warning:
+                    console.print(warning, soft_wrap=True)
             ckpt = Checkpoint(
                 model=recipe.model.name, width=recipe.model.width, num_classes=len(dataset.classes),
                 labels=dataset.classes, preprocess=pre, dataset=recipe.data.dataset,
@@ -363,4 +403,5 @@ def train(
     if ddp.world_size > 1:
         dist.destroy_process_group()
     last_top1 = history[-1]["top1"] if history else float("nan")
-    return TrainResult(best_top1, last_top1, cfg.epochs, time.perf_counter() - started, history, best_path, last_path)
+    return TrainResult(best_top1, last_top1, cfg.epochs, time.perf_counter() - started, history, best_path, last_path,
+                       warning)

@@ -46,15 +46,18 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @click.option("--img-size", type=IMG_SIZE,
               help="[default: 224 with --weights (their pretraining size), else 32]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[default: 0.1 for sgd, 1e-3 for adamw]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate [default: the model family's: 0.1 tinycnn/resnet8, 0.02 MobileNet/ShuffleNet, "
+                   "0.01 ResNet/ConvNeXt/EfficientNet; 1e-3 with --optimizer adamw].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
               help="SGD with momentum 0.9, or AdamW.")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Channel width multiplier of the registry model (0.5 = half the channels).")
 @click.option("--weights", help="Pretrained weights: a local .pth state_dict or a torchvision name (DEFAULT).")
 @click.option("--augment", default="", help="Comma-separated: flip, crop.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Epochs over which the learning rate rises linearly to --lr.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0),
+              help="Epochs over which the learning rate rises linearly to --lr [default: the model family's: 0 for "
+                   "tinycnn/resnet8, else 1, at most a third of --epochs].")
 @click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="Share of the target spread over the other classes.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -71,7 +74,7 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @json_option("the training history")
 def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_size: int | None, batch_size: int,
               lr: float | None, optimizer: str, width: float, weights: str | None, augment: str,
-              warmup_epochs: float, label_smoothing: float, workers: int, seed: int, device: str, resume: bool,
+              warmup_epochs: float | None, label_smoothing: float, workers: int, seed: int, device: str, resume: bool,
               freeze: str, unfreeze_at: int | None, unfreeze_blocks: int, backbone_lr: float | None,
               json_path: Path | None) -> None:
     """Train a model on a dataset; writes OUT/best.pt and OUT/last.pt and prints a per-epoch table."""
@@ -85,9 +88,8 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
             data=DataConfig(dataset=dataset, img_size=img_size, batch_size=batch_size, workers=workers,
                             augment=[a for a in augment.split(",") if a]),
             model=ModelConfig(name=model_name, width=width, weights=weights),
-            train=TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr or (0.1 if optimizer == "sgd" else 1e-3),
-                              warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, device=device,
-                              freeze=freeze, backbone_lr=backbone_lr,
+            train=TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs,
+                              label_smoothing=label_smoothing, device=device, freeze=freeze, backbone_lr=backbone_lr,
                               unfreeze=UnfreezeConfig(unfreeze_at, unfreeze_blocks) if unfreeze_at else None),
         )
     )
@@ -95,6 +97,7 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(f"best top-1 {result.best_top1:.4f} → {result.best_path}; last → {result.last_path}")
         write_json_output(json_path, {"best_top1": result.best_top1, "last_top1": result.last_top1,
+                                      "lr": recipe.train.lr, "warmup_epochs": recipe.train.warmup_epochs,
                                       "seconds": result.seconds, "history": result.history})
 
 
@@ -110,12 +113,13 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
              json_path: Path | None) -> None:
     """Evaluate a checkpoint: top-1 and top-5 accuracy on a dataset split."""
     from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.data import load_dataset
+    from edgecnn.data import load_dataset, recorded_dataset
     from edgecnn.loader import make_loader
     from edgecnn.train import evaluate, resolve_device
 
     ckpt = load_checkpoint(checkpoint)
-    data = load_dataset(dataset or ckpt.dataset)
+    with recorded_dataset(dataset):
+        data = load_dataset(dataset or ckpt.dataset)
     if len(data.classes) != ckpt.num_classes:
         raise EdgeCNNError(
             f"{checkpoint} predicts {ckpt.num_classes} classes but {data.name} has {len(data.classes)}"

@@ -80,7 +80,8 @@ def prune_checkpoint(path: str | Path, ratio: float, out_dir: str | Path, *, ste
                 data=DataConfig(dataset=ckpt.dataset, img_size=size, batch_size=batch_size,
                                 mean=list(ckpt.preprocess.mean), std=list(ckpt.preprocess.std),
                                 crop=ckpt.preprocess.crop),
-                model=ModelConfig(ckpt.model, ckpt.width), train=TrainConfig(epochs=finetune_epochs, lr=lr),
+                model=ModelConfig(ckpt.model, ckpt.width),
+                train=TrainConfig(epochs=finetune_epochs, lr=lr, warmup_epochs=0.0),  # fine-tuning: no warm-up
             )
             result = train(recipe, out_dir / f"finetune{step}", console=console, dataset=dataset, model=model)
             model = load_checkpoint(result.best_path).build()
