@@ -216,6 +216,9 @@ HOSTILE = [
     ("watch: nothing classified", "exit 2 with the first frame's reason"),
     ("export: Ctrl-C", "SIGINT at three points of the conversion: exit 130, no file under a final name"),
     ("export: two writers", "the second is refused; the report's sha256 is the installed file's"),
+    ("recipes: alias bombs, names outside runs/", "refused before expansion (500 bytes, 387 million values) or "
+     "before anything is written"),
+    ("checkpoints: dataset paths", "stored resolved; when the data moved, the error says --dataset"),
 ]
 
 

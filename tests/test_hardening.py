@@ -21,6 +21,7 @@ from edgecnn.data import load_dataset, read_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import video_frames
 from edgecnn.preprocess import Preprocess
+from edgecnn.recipe import load_recipe
 from edgecnn.runtime import load
 from edgecnn.runtime.classifier import Classifier
 from edgecnn.runtime.modelfile import embed_card, read_model_file
@@ -250,3 +251,43 @@ def test_an_image_folder_is_checked_once_and_every_problem_listed(tmp_path):
     assert_clean_error(edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'empty-only'}",
                                "--out", tmp_path / "run"), "2 problem(s)", "has no images")
     record("image folders with problems", tried=2, handled=2)
+
+
+ALIAS_BOMB = "\n".join(
+    [f"l0: &l0 [{', '.join(['x'] * 9)}]"]
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["train: {lr: *l8}"])
+
+
+def test_recipes_that_expand_escape_or_spell_numbers_differently(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB)  # 9⁹ = 387 million values from about 500 bytes
+    started = time.monotonic()
+    result = edgecnn("run", bomb, timeout=60)
+    assert_clean_error(result, "expands to more than 100,000 values")
+    assert time.monotonic() - started < 30 and len(result.stderr) < 500
+    for name in ("../../escaped", "/tmp/escaped", ".."):
+        recipe = tmp_path / "escape.yaml"
+        recipe.write_text(f"name: '{name}'\ntrain: {{epochs: 1}}\n")
+        assert_clean_error(edgecnn("run", recipe, cwd=tmp_path), "must be one folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml", "escape.yaml"]
+    written = tmp_path / "lr.yaml"
+    written.write_text("train: {lr: 1e-3, warmup_epochs: 2.5e-1}\n")
+    assert load_recipe(written).train.lr == 0.001 and load_recipe(written).train.warmup_epochs == 0.25
+    record("recipes: alias bombs, names outside runs/", tried=4, handled=4)
+
+
+def test_checkpoints_find_their_dataset_from_any_directory(tmp_path):
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    for label in ("a", "b"):
+        (tmp_path / "work" / "photos" / label).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "work" / "photos" / label / f"{i}.png").write_bytes(png)
+    trained = edgecnn("train", "--model", "tinycnn", "--dataset", "imagefolder:photos", "--epochs", "1",
+                      "--img-size", "16", "--out", "run", cwd=tmp_path / "work")
+    assert trained.returncode == 0, trained.stderr
+    elsewhere = edgecnn("eval", tmp_path / "work" / "run" / "best.pt", cwd=tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    shutil.move(tmp_path / "work" / "photos", tmp_path / "moved")
+    assert_clean_error(edgecnn("eval", tmp_path / "work" / "run" / "best.pt"), "give --dataset")
+    record("checkpoints: dataset paths", tried=2, handled=2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +154,25 @@ def load_dataset(spec: str) -> Dataset:
         "imagefolder": lambda: _imagefolder(Path(path)),
     }[name]
     return loader()
+
+
+@contextmanager
+def recorded_dataset(given: str | None) -> Iterator[None]:
+    """Around loading a checkpoint's dataset (`given` is --dataset): when the recorded one is gone (moved, another
+    machine), the error says where it came from and how to give another."""
+    try:
+        yield
+    except EdgeCNNError as e:
+        if given:
+            raise
+        raise EdgeCNNError(f"{e} (the dataset recorded in the checkpoint: give --dataset to use another)") from None
+
+
+def resolved_dataset(spec: str) -> str:
+    """`spec` with its folder made absolute ('imagefolder:~/photos' → 'imagefolder:/home/me/photos'), as it is
+    stored in checkpoints: eval and export then work from any directory."""
+    name, path = parse_dataset(spec)
+    return f"{name}:{Path(path).resolve()}" if path else name
 
 
 def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

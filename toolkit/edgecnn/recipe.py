@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from edgecnn.errors import EdgeCNNError, closest
+from edgecnn.errors import EdgeCNNError, closest, printable, shorten
 
 
 @dataclass
@@ -143,8 +144,19 @@ def _is_scalar(value: Any, hint: Any) -> bool:
     if isinstance(value, bool):  # YAML's true/false are not numbers here
         return hint is bool
     if hint is float:
-        return isinstance(value, (int, float))
+        return isinstance(value, (int, float)) or _float_text(value) is not None
     return hint in (int, str) and isinstance(value, hint)
+
+
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _float_text(value: Any) -> float | None:
+    """'1e-3' as a number: YAML 1.1 (PyYAML) reads exponents without a dot as strings, while --help and every
+    paper write learning rates that way."""
+    if not isinstance(value, str) or not FLOAT_TEXT.fullmatch(value.strip()):
+        return None
+    return float(value)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -163,13 +175,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return [_coerce(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     elif _is_scalar(value, hint):
         return _finite(value, where) if hint is float else value
-    raise EdgeCNNError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    raise EdgeCNNError(f"{where}: expected {_type_name(hint)}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value in an error message: at most one short line, whatever a recipe expands to."""
+    return printable(shorten(repr(value), 80))
 
 
 def _finite(value: int | float, where: str) -> float:
     """YAML's .nan and .inf (or an integer beyond float range) would pass every range check: refuse them."""
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, str) else _float_text(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
@@ -181,7 +198,7 @@ def load_section(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise EdgeCNNError(f"{where}: expected a mapping of keys, got {data!r}")
+        raise EdgeCNNError(f"{where}: expected a mapping of keys, got {_shown(data)}")
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -224,7 +241,7 @@ def with_train_defaults(recipe: Recipe) -> Recipe:
 def validate(recipe: Recipe) -> Recipe:
     """Checks beyond types: ranges, names and files; returns the recipe with its training defaults filled in.
     Raises EdgeCNNError naming the key."""
-    from edgecnn.data import AUGMENTATIONS, parse_dataset
+    from edgecnn.data import AUGMENTATIONS, parse_dataset, resolved_dataset
     from edgecnn.models import model_spec
 
     model_spec(recipe.model.name)
@@ -279,21 +296,57 @@ def validate(recipe: Recipe) -> Recipe:
     name, path = parse_dataset(recipe.data.dataset)
     if path is not None and name == "imagefolder" and not Path(path).is_dir():
         raise EdgeCNNError(f"data.dataset: folder not found: {path}")
+    if not _one_path_component(recipe.name):
+        raise EdgeCNNError(f"name {_shown(recipe.name)}: a run is written to runs/<name>, so the name must be one "
+                           "folder name (no '/', '..' or leading '-')")
     weights = recipe.model.weights
     if weights and (Path(weights).suffix in (".pth", ".pt") or "/" in weights) and not Path(weights).is_file():
         raise EdgeCNNError(f"model.weights: file not found: {weights}")
-    return recipe
+    # Stored resolved in checkpoints, so that eval and export find the data from any directory.
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data,
+                                                                dataset=resolved_dataset(recipe.data.dataset)))
+
+
+def _one_path_component(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not name.startswith("-") and not any(
+        c in "/\\" or not c.isprintable() for c in name)
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000  # scalars after YAML aliases are expanded: a recipe has a few dozen
+
+
+def _check_expansion(path: Path, root: yaml.Node | None) -> None:
+    """Refuse a YAML alias bomb (a few hundred bytes of nested aliases expanding to billions of values) before it
+    is constructed or walked: count the values the node graph expands to, each shared node once."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a node that contains itself counts once
+            children = (node.value if isinstance(node, yaml.SequenceNode)
+                        else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            sizes[id(node)] = min(1 + sum(size(child) for child in children), MAX_RECIPE_VALUES + 1)
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_RECIPE_VALUES:
+        raise EdgeCNNError(f"{path}: expands to more than {MAX_RECIPE_VALUES:,} values (nested YAML aliases?): "
+                           "not a recipe")
 
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise EdgeCNNError(f"{path}: {path.stat().st_size:,} bytes is too large for a recipe "
+                               f"(at most {MAX_RECIPE_BYTES:,})")
         text = path.read_text()
     except FileNotFoundError:
         raise EdgeCNNError(f"recipe not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise EdgeCNNError(f"cannot read recipe {path}: {e}") from None
     try:
+        _check_expansion(path, yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except RecursionError:  # PyYAML parses nesting recursively: '[[[[...' a thousand deep exhausts the stack
         raise EdgeCNNError(f"{path}: YAML nested too deeply to be a recipe") from None

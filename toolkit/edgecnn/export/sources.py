@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edgecnn.data import recorded_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess, resize_image
 
@@ -149,7 +150,8 @@ def export_images(source: ExportSource, dataset: str | None, calib_images, calib
     data = dataset or source.dataset
     frames = video_frames(calib_video, calib_every, source.pre, 2 * calib_samples) if calib_video else None
     if data:
-        verification = dataset_images(data, "test", source.pre, eval_samples)
+        with recorded_dataset(dataset):
+            verification = dataset_images(data, "test", source.pre, eval_samples)
         if frames is not None:
             calibration = frames
         elif calib_images:
