@@ -219,6 +219,7 @@ HOSTILE = [
     ("recipes: alias bombs, names outside runs/", "refused before expansion (500 bytes, 387 million values) or "
      "before anything is written"),
     ("checkpoints: dataset paths", "stored resolved; when the data moved, the error says --dataset"),
+    ("onnx files with missing external weights", "`summary`: one line naming the missing file"),
 ]
 
 

@@ -291,3 +291,17 @@ def test_checkpoints_find_their_dataset_from_any_directory(tmp_path):
     shutil.move(tmp_path / "work" / "photos", tmp_path / "moved")
     assert_clean_error(edgecnn("eval", tmp_path / "work" / "run" / "best.pt"), "give --dataset")
     record("checkpoints: dataset paths", tried=2, handled=2)
+
+
+def test_an_onnx_file_whose_external_weights_are_missing(tmp_path):
+    weights = onnx.numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "external",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], [weights])
+    path = tmp_path / "external.onnx"
+    onnx.save(onnx.helper.make_model(graph), path, save_as_external_data=True, location="external.bin",
+              size_threshold=0)
+    (tmp_path / "external.bin").unlink()
+    assert_clean_error(edgecnn("summary", path), "cannot read its weights", "external.bin")
+    record("onnx files with missing external weights", tried=1, handled=1)
