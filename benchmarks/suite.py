@@ -51,7 +51,7 @@ def checkpoint_benchmarks(runs: int, rounds: int) -> list[str]:
     for name, (recipe, checkpoint, samples) in RECIPES.items():
         edgecnn("run", f"recipes/{recipe}.yaml", "--out", str(RUNS / recipe))
         edgecnn("bench", str(RUNS / recipe / checkpoint), "--all-formats", "--export-dir", str(RUNS / "bench" / name),
-                "--samples", str(samples), *bench_args(name, runs, rounds))
+                "--eval-samples", str(samples), *bench_args(name, runs, rounds))
         names.append(name)
     return names
 
@@ -66,7 +66,7 @@ def imagenet_benchmark(runs: int, rounds: int) -> list[str]:
                 "--format", "tflite,onnx", *precision, "--out", str(out))
     files = [str(out / f"mobilenet_v2{suffix}") for suffix in
              (".onnx", "_int8.onnx", ".tflite", "_int8.tflite")]
-    edgecnn("bench", *files, "--images", str(PHOTOS), "--samples", "100",
+    edgecnn("bench", *files, "--images", str(PHOTOS), "--eval-samples", "100",
             *bench_args("mobilenet_v2_imagenet", runs, rounds))
     return ["mobilenet_v2_imagenet"]
 

@@ -83,11 +83,17 @@ def build_once(tmp_path_factory, name: str, make: Callable[[Path], Path]) -> Pat
         root = root.parent  # shared by the workers of this run
     folder = root / f"shared-{name}"
     with FileLock(f"{folder}.lock"):
-        done = folder / ".built"
+        done, failed = folder / ".built", folder / ".failed"
+        if failed.is_file():  # another worker tried: fail as it did instead of spending minutes again
+            pytest.fail(f"building {name} failed in another worker: {failed.read_text()}")
         if not done.is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            done.write_text(str(make(folder).relative_to(folder)))
+            try:
+                done.write_text(str(make(folder).relative_to(folder)))
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}"[:2000])
+                raise
     return folder / done.read_text()
 
 

@@ -69,10 +69,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 @contextmanager
 def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
     """Hold `folder` for one writer: a second edgecnn process writing there is refused with one line instead of
-    both finishing and one report describing the other's files. The lock goes with the process (flock)."""
+    both finishing and one report describing the other's files. The lock is on the folder itself (flock on its
+    descriptor, so no lock file is left behind) and goes with the process; a filesystem without flock (some
+    network shares) goes unlocked."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / ".edgecnn.lock", os.O_WRONLY | os.O_CREAT, 0o666)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
     try:
@@ -81,6 +83,8 @@ def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             raise EdgeCNNError(f"{folder}: another {what} is writing to this folder; wait for it to finish or "
                                "give another --out") from None
+        except OSError:
+            pass  # no locking here: behave as before rather than refuse to write
         yield
     finally:
         os.close(fd)

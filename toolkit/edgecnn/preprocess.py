@@ -11,7 +11,6 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from math import gcd
 
 import cv2
 import numpy as np
@@ -108,7 +107,7 @@ def resize_image(image: np.ndarray, pre: Preprocess, color: str = "RGB") -> np.n
 def _area_phases(n: int, m: int) -> tuple[int, int, tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]]:
     """INTER_AREA weights for n → m pixels (n > m) as one period: every p = n/g source pixels give q = m/g
     outputs (g = gcd), output r of each period reading the source pixels `taps` with `weights` (summing to 1)."""
-    g = gcd(n, m)
+    g = math.gcd(n, m)
     p, q = n // g, m // g
     phases = []
     for r in range(q):
@@ -158,7 +157,7 @@ def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     the end. Values match INTER_AREA's except where the exact average is a .5 tie, which float rounding breaks
     either way (±1 on ~0.1 % of pixels for 640×480 → 224×224; never for 420 → 224, whose averages are k/225)."""
     h, w = image.shape[:2]
-    phases = [height // gcd(h, height), width // gcd(w, width)]
+    phases = [height // math.gcd(h, height), width // math.gcd(w, width)]
     if phases == [1, 1] or max(phases) > MAX_AREA_PHASES:
         # Whole-number ratios have OpenCV's vectorised path; many phases make too many calls.
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

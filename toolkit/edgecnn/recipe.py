@@ -165,11 +165,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return load_section(hint, value, where)
     if origin in (typing.Union, types.UnionType):
+        specific = None
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option, where)
-            except EdgeCNNError:
-                continue
+            except EdgeCNNError as e:  # the option that took the type says best what is wrong (e.g. not finite)
+                specific = specific or (e if _is_scalar(value, option) else None)
+        if specific:
+            raise specific
     elif origin is list:
         if isinstance(value, list):
             return [_coerce(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]

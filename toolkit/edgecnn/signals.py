@@ -10,32 +10,56 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-@contextmanager
-def interruptible() -> Iterator[Callable[[], None]]:
-    """Yield `check()`: raises KeyboardInterrupt if SIGINT or SIGTERM arrived since entering, even when the
-    exception raised at that moment was swallowed."""
-    received: list[int] = []
+class Interrupts:
+    """What `interruptible()` yields: `check()` between steps, `deferred()` around a step that must not be cut."""
 
-    def handler(signum, frame) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.received: list[int] = []
 
-    def check() -> None:
-        if received:
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if SIGINT or SIGTERM arrived, even when the exception raised at that moment
+        was swallowed."""
+        if self.received:
             raise KeyboardInterrupt
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Signals wait (blocked) until the block is done: renames that install several files happen all or none
+        for a signal; it is honoured right after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextmanager
+def interruptible() -> Iterator[Interrupts]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt as usual within the block, and are remembered for
+    `Interrupts.check()`; the previous handlers come back at the end."""
+    interrupts = Interrupts()
+
+    def handler(signum, frame) -> None:
+        interrupts.received.append(signum)
+        raise KeyboardInterrupt
+
     if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
-        yield check
+        yield interrupts
         return
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
-        yield check
+        yield interrupts
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # no signal between the two restores
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: a handler set outside Python
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

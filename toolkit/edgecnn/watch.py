@@ -294,7 +294,6 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                            f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
                 if options.max_frames and stats.processed >= options.max_frames:
                     break
-            interrupted = stop.is_set()  # by the user: closing the source sets it too
         failed = False
     finally:
         if events:
@@ -308,7 +307,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
         write_json(options.stats_json, summary)
     if source.error:
         raise EdgeCNNError(source.error)
-    if stats.processed == 0 and not interrupted:
+    if stats.processed == 0 and not stop.is_set():
         raise EdgeCNNError(_nothing_classified(source_spec, source.stats.captured, stats))
     return summary
 

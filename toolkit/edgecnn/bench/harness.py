@@ -126,7 +126,7 @@ def resolve_input_shape(model_file: ModelFile, batch: int, given: tuple[int, ...
         raise EdgeCNNError(f"{model_file.path}: input '{model_file.inputs[0]['name']}' has dynamic dimensions "
                            f"{shape}: give --input-shape, e.g. --input-shape 1,3,224,224")
     if not open_dims and shape[0] != batch and model_file.format == "onnx":
-        raise EdgeCNNError(f"{model_file.path}: the model's batch is fixed at {shape[0]}; --batch {batch} needs a "
+        raise EdgeCNNError(f"{model_file.path}: the model's batch is fixed at {shape[0]}; --batch-size {batch} needs a "
                            "model exported with a dynamic batch dimension")
     return (batch, *(int(d) for d in shape[1:]))
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from edgecnn.bench.adb import ADBTarget
 from edgecnn.bench.arm64_emu import Arm64EmuTarget
 from edgecnn.bench.jobs import THREAD_ENV, build_runner_bundle, parse_result, run_job
-from edgecnn.errors import EdgeCNNError, shorten
+from edgecnn.errors import EdgeCNNError, closest, shorten
 
 
 class LocalTarget:
@@ -167,8 +167,6 @@ def make_target(device: str = "cpu", *, python: str = "python3", key: Path | Non
                 cores: str | None = None, timeout: float = 900):
     """The target named by --device: cpu (this machine; `local` is the same), cuda, ssh://[user@]host[:port],
     adb[:SERIAL] or arm64-emu[:CPU]."""
-    from edgecnn.errors import closest
-
     if device in ("cpu", "local", "cuda"):
         return LocalTarget("cuda" if device == "cuda" else "cpu", timeout)
     if device.startswith("ssh://"):

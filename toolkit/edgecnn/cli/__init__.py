@@ -38,6 +38,9 @@ def main() -> None:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:  # `edgecnn` alone: the help, as --help shows it
+        click.echo(e.ctx.get_help())
+        sys.exit(e.exit_code)
     except click.UsageError as e:  # one line like every other error, not click's three
         hint = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
         print(f"edgecnn: error: {printable(e.format_message())}{hint}", file=sys.stderr)

@@ -42,6 +42,7 @@ def warn_about_threads(threads: int) -> None:
 def _json_destination(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     if value == JSON_TO_STDOUT:
         console.file = sys.stderr  # stdout carries the JSON alone; tables and progress go to stderr
+        ctx.call_on_close(lambda: setattr(console, "file", None))  # None: rich's own sys.stdout again
     return value
 
 

@@ -29,7 +29,7 @@ from edgecnn.export.verify import FloatReference, Verification, float_reference,
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.integrity import sidecar_line, sidecar_path
 from edgecnn.runtime.modelfile import embed_card
-from edgecnn.signals import interruptible
+from edgecnn.signals import Interrupts, interruptible
 
 FORMATS = ("tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -173,12 +173,12 @@ def export(
     out_dir = Path(out_dir)
     if options.int8 and (calibration is None or len(calibration) == 0):
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
-    with exclusive_folder(out_dir, "export"), interruptible() as check:
-        return _export_all(source, options, out_dir, calibration, verification, console, check)
+    with exclusive_folder(out_dir, "export"), interruptible() as interrupts:
+        return _export_all(source, options, out_dir, calibration, verification, console, interrupts)
 
 
 def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, calibration: Images | None,
-                verification: Images, console: Console, check) -> list[Artefact]:
+                verification: Images, console: Console, interrupts: Interrupts) -> list[Artefact]:
     try:
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
@@ -198,9 +198,10 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         source.macs = complexity(source.model, source.pre.img_size).macs
     stem = source.name + ("_int8" if options.int8 else "")
     artefacts = []
+    verified: list[tuple[Artefact, Path]] = []  # (artefact, its verified scratch file), installed at the end
     with scratch_dir as scratch:
         for fmt in options.formats:
-            check()
+            interrupts.check()
             final = out_dir / f"{stem}{SUFFIX[fmt]}"
             work = Path(scratch) / f"{final.stem}.work{final.suffix}"
             console.print(f"exporting {final} ...")
@@ -208,16 +209,24 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             try:
                 artefact = _export_one(builder, fmt, options, Path(scratch), work, final, calibration,
                                        verification, reference, console, calib_reference)
-                if artefact.status == "ok":
-                    check()  # an interrupted export leaves nothing under a final name
-                    artefact.sha256 = install(work, final, options.sidecar)
             except EdgeCNNError as e:
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed", error=str(e))
             except OSError as e:  # a full disk while building: nothing is written under the final name
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed",
                                     error=f"cannot write {final}: {e.strerror or e}")
             artefacts.append(artefact)
-    check()
+            if artefact.status == "ok":
+                verified.append((artefact, work))
+        # An interrupted export leaves nothing under a final name: every format is built and verified first,
+        # then all are installed, with signals held for the few renames.
+        interrupts.check()
+        with interrupts.deferred():
+            for artefact, work in verified:
+                try:
+                    artefact.sha256 = install(work, Path(artefact.path), options.sidecar)
+                except (OSError, EdgeCNNError) as e:  # a disk that filled up at the last moment
+                    artefact.status = "export failed"
+                    artefact.error = str(e) if isinstance(e, EdgeCNNError) else f"cannot write {artefact.path}: {e}"
     return artefacts
 
 

@@ -115,9 +115,8 @@ class FrameSource:
         self._cond = threading.Condition()
         self._pending: list[Frame] = []
         self._ended = False
-        # The caller's stop event (e.g. set on Ctrl-C) also ends waiting for a source that is not up yet;
-        # closing the source sets it.
-        self._stop = stop or threading.Event()
+        self._stop = threading.Event()
+        self._caller_stop = stop  # e.g. set on Ctrl-C: also ends waiting for a source that is not up yet
         self._thread: threading.Thread | None = None
         self.fps = 0.0
 
@@ -132,6 +131,8 @@ class FrameSource:
         capture = open_capture(self.source)
         if capture is None and self.reconnect and self.give_up_after:
             capture = self._retry_open()  # a box may boot before its camera: wait for it as after a drop
+            if capture is None and self._stopped():
+                raise KeyboardInterrupt  # Ctrl-C while waiting: an interruption, not a camera that never came
         if capture is None:
             what = {"camera": "camera", "stream": "stream", "file": "video file"}[self.kind]
             if self.reconnect and self.give_up_after:
@@ -220,15 +221,28 @@ class FrameSource:
         capture = self._retry_open()
         if capture is not None:
             self.stats.reconnects += 1
-        elif not self._stop.is_set():
+        elif not self._stopped():
             self.error = f"{self.source}: no frames for {self.give_up_after:.0f} s; gave up reconnecting"
         return capture
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or (self._caller_stop is not None and self._caller_stop.is_set())
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True as soon as the source or its caller is stopped."""
+        end = time.monotonic() + seconds
+        while not self._stopped():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(left, 0.2))
+        return True
 
     def _retry_open(self) -> cv2.VideoCapture | None:
         """Try to open the source, waiting 0.5, 1, 2 ... 8 s between tries, until it opens (the capture), the
         source is stopped or `give_up_after` seconds have passed (None)."""
         delay, lost = BACKOFF_START_S, time.monotonic()
-        while not self._stop.wait(delay):
+        while not self._wait(delay):
             capture = open_capture(self.source)
             if capture is not None:
                 return capture
