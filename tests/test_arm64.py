@@ -24,6 +24,9 @@ needs_userland = pytest.mark.skipif(not HAS_QEMU or not shutil.which("mmdebstrap
                                            "qemu-user-static mmdebstrap)")
 
 
+pytestmark = pytest.mark.xdist_group("arm64_userland")  # one worker builds and uses it
+
+
 @pytest.fixture(scope="module")
 def userland():
     default_folder().parent.mkdir(parents=True, exist_ok=True)

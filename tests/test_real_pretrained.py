@@ -20,6 +20,7 @@ LABELS = PHOTOS / "dnn" / "classification_classes_ILSVRC2012.txt"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("mobilenet_v2_imagenet"),  # one worker exports it; the other is not kept waiting
     pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"no real weights at {WEIGHTS}: run `make real-data`"),
     pytest.mark.skipif(not LABELS.is_file(), reason="Debian's opencv-doc (photos, ImageNet labels) is not installed"),
 ]

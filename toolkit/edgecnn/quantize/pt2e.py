@@ -253,6 +253,8 @@ def layer_outputs(graph: torch.fx.GraphModule, layers) -> dict[str, str]:
         node = nodes[name]
         while len(node.users) == 1 and _passes_through(next(iter(node.users))):
             node = next(iter(node.users))
+        if str(node.target) == "quantized_decomposed.quantize_per_tensor.default":  # int8 codes, several readers:
+            node = next(u for u in node.users if "dequantize" in str(u.target))  # their values, as floats
         ends[name] = node.name
     return ends
 
