@@ -87,12 +87,10 @@ def classes_of(output: TensorSpec) -> int:
 
 class Classifier:
     def __init__(self, backend: Backend, pre: Preprocess, labels: list[str]):
+        """`labels` one per output class, as `load` resolves and checks them (`_labels`)."""
         self.backend, self.pre, self.layout = backend, pre, pre.layout
         self.notes: list[str] = []  # e.g. that the file carries no edgecnn content hash
         self.integrity: Integrity | None = None  # what `load` checked; None with verify=False
-        classes = classes_of(backend.output)
-        if len(labels) != classes:
-            raise EdgeCNNError(f"{len(labels)} labels for a model that outputs {classes} classes")
         self.labels = labels
         self.inputs = InputPipeline(pre, backend.input)
         self.batch_fixed = backend.input.shape[0] == 1
