@@ -143,11 +143,14 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
-    """The digits checkpoint exported to verified int8 .tflite and .onnx: {'tflite': path, 'onnx': path}."""
+    """The digits checkpoint exported to verified int8 files, one per format: {'tflite': path, 'onnx': path,
+    'openvino': path of the .xml}; the export's JSON report is report.json beside them."""
     def make(out: Path) -> Path:
-        result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--out", out)
+        result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx,openvino", "--out", out,
+                         "--json", out / "report.json")
         assert result.returncode == 0, result.stderr
         return out
 
     out = build_once(tmp_path_factory, "digits-int8", make)
-    return {"tflite": out / "tinycnn_int8.tflite", "onnx": out / "tinycnn_int8.onnx"}
+    return {"tflite": out / "tinycnn_int8.tflite", "onnx": out / "tinycnn_int8.onnx",
+            "openvino": out / "tinycnn_int8.xml"}

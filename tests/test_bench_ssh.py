@@ -58,10 +58,11 @@ def _url(port: int) -> str:
 def test_bench_over_ssh_matches_local(sshd, digits_int8, tmp_path):
     config, port = sshd
     common = ("--dataset", "digits", "--eval-samples", "100", "--runs", "20")
-    remote = edgecnn("bench", digits_int8["tflite"], digits_int8["onnx"], *common, "--device", _url(port),
+    models = [digits_int8[fmt] for fmt in ("tflite", "onnx", "openvino")]  # the .xml goes with its .bin
+    remote = edgecnn("bench", *models, *common, "--device", _url(port),
                      "--ssh-config", config, "--remote-python", sys.executable, "--json", tmp_path / "remote.json")
     assert remote.returncode == 0, remote.stderr + remote.stdout
-    local = edgecnn("bench", digits_int8["tflite"], digits_int8["onnx"], *common, "--json", tmp_path / "local.json")
+    local = edgecnn("bench", *models, *common, "--json", tmp_path / "local.json")
     assert local.returncode == 0, local.stderr
     remote_rows = json.loads((tmp_path / "remote.json").read_text())["results"]
     local_rows = json.loads((tmp_path / "local.json").read_text())["results"]

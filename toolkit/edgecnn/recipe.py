@@ -96,7 +96,7 @@ class QuantizeConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["tflite", "onnx"]] = field(default_factory=list)  # empty: no export stage
+    formats: list[Literal["tflite", "onnx", "openvino"]] = field(default_factory=list)  # empty: no export stage
     eval_samples: int | None = None
     allow_float_ops: bool = False
 

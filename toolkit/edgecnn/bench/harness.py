@@ -22,7 +22,8 @@ from edgecnn.bench.runner import LatencyStats, decode_array
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import TensorSpec
-from edgecnn.runtime.modelfile import FORMATS, ModelFile, read_model_file
+from edgecnn.runtime.formats import BY_SUFFIX, engine_for, model_bytes, model_size, runs
+from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 GPU_THROUGHPUT_BATCH = 256
@@ -43,6 +44,7 @@ class BenchOptions:
     profile: bool = False
     reference: Path | None = None
     verify: bool = True  # refuse an edgecnn artefact that does not match its content hash
+    backends: tuple[str, ...] = ()  # engines to run each file in (those that read it); () = its own
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Variant:
     inputs: Path | None = None  # prepared held-out samples (.npy)
     macs: int | None = None
     size_bytes: int | None = None  # the file; for a checkpoint its weights' bytes (comparable to a float file)
+    backend: str | None = None  # the engine to run a file in; None: its format's own
     pre: Preprocess | None = None  # a checkpoint's preprocessing (files carry theirs)
     sha256: str | None = None  # the verified file's hash: the runner checks the copy it loads against it
     note: str = ""  # e.g. that the file carries no edgecnn content hash
@@ -102,11 +105,11 @@ class BenchRow:
 
 def model_kind(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix in FORMATS:
-        return FORMATS[suffix]
+    if suffix in BY_SUFFIX:
+        return BY_SUFFIX[suffix].name
     if suffix in CHECKPOINT_SUFFIXES:
         return "pytorch"
-    known = ", ".join([*FORMATS, *CHECKPOINT_SUFFIXES])
+    known = ", ".join([*BY_SUFFIX, *CHECKPOINT_SUFFIXES])
     raise EdgeCNNError(f"{path}: unknown model type '{suffix or path.name}'; bench takes {known} files")
 
 
@@ -143,10 +146,22 @@ def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     model_file = read_model_file(path, verify=options.verify)
     shape = resolve_input_shape(model_file, options.batch_size, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs") or file_macs(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if options.verify else None
+    digest = hashlib.sha256(model_bytes(path)).hexdigest() if options.verify else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
-                    size_bytes=path.stat().st_size, sha256=digest, note="; ".join(model_file.notes))
-            for t in options.threads]
+                    size_bytes=model_size(path), sha256=digest, note="; ".join(model_file.notes), backend=backend)
+            for backend in _engines(path, options.backends) for t in options.threads]
+
+
+def _engines(path: Path, backends: tuple[str, ...]) -> list[str | None]:
+    """The engines to run `path` in: each of `backends` that reads its format, or (none given) its own."""
+    if not backends:
+        return [None]
+    usable = [b for b in backends if runs(b, path)]
+    if not usable:
+        raise EdgeCNNError(f"{path}: none of the backends given ({', '.join(backends)}) runs {path.suffix} files")
+    for backend in usable:
+        engine_for(path, backend)  # a missing package is one line now, not a failed row later
+    return usable
 
 
 def file_macs(path: Path) -> int | None:
@@ -244,7 +259,7 @@ def job_for(variant: Variant, options: BenchOptions) -> dict:
     return {"model": str(variant.model), "threads": variant.threads, "warmup": options.warmup, "runs": options.runs,
             "min_seconds": options.min_seconds, "input_shape": list(variant.input_shape),
             "inputs": str(variant.inputs) if variant.inputs else None, "profile": options.profile,
-            "precision": variant.precision, "sha256": variant.sha256, **variant.torch}
+            "precision": variant.precision, "sha256": variant.sha256, "backend": variant.backend, **variant.torch}
 
 
 def row_from_results(variant: Variant, results: list[dict], device: str) -> BenchRow:

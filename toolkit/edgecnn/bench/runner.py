@@ -158,8 +158,9 @@ def summarise_onnx_profile(events: list[dict], top: int) -> list[dict]:
 def check_copy(path: str, expected: str) -> None:
     """The file about to be loaded is byte for byte the one the harness verified (a copy to a device, or a disk
     between the two, can corrupt it)."""
-    with open(path, "rb") as f:
-        actual = hashlib.sha256(f.read()).hexdigest()
+    from edgecnn.runtime.formats import model_bytes
+
+    actual = hashlib.sha256(model_bytes(path)).hexdigest()
     if actual != expected:
         raise RuntimeError(f"{os.path.basename(path)} is corrupted on this device: sha256 {actual[:12]}… differs "
                            f"from the verified file's {expected[:12]}…")
@@ -173,7 +174,7 @@ def execute(job: dict) -> dict:
     if job.get("sha256"):
         check_copy(job["model"], job["sha256"])
     started = time.perf_counter()
-    backend = load_backend(job["model"], job["threads"], shape)
+    backend = load_backend(job["model"], job["threads"], shape, job.get("backend"))
     load_ms = (time.perf_counter() - started) * 1000
     x = random_input(shape, backend.input.dtype, job.get("seed", 0))
     first_ms, samples = time_runs(lambda: backend.run(x), job["warmup"], job["runs"], job["min_seconds"])

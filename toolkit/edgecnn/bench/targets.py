@@ -20,6 +20,7 @@ from edgecnn.bench.adb import ADBTarget
 from edgecnn.bench.arm64_emu import Arm64EmuTarget
 from edgecnn.bench.jobs import THREAD_ENV, build_runner_bundle, parse_result, run_job
 from edgecnn.errors import EdgeCNNError, closest, shorten
+from edgecnn.runtime.formats import model_files
 
 
 class LocalTarget:
@@ -146,8 +147,13 @@ class SSHTarget:
         self._copied[str(local)] = remote
         return remote
 
+    def copy_model(self, model: Path) -> str:
+        """Copy every file of a model (an OpenVINO .xml and its .bin) under one prefix; the entry's remote path."""
+        prefix = len(self._copied)
+        return [self.copy(f, f"{prefix}-{f.name}") for f in model_files(model)][0]
+
     def run(self, variant, job: dict) -> dict:
-        job = {**job, "model": self.copy(variant.model)}
+        job = {**job, "model": self.copy_model(variant.model)}
         if job.get("inputs"):
             job["inputs"] = self.copy(Path(job["inputs"]))
         job_file = Path(self._local.name) / "job.json"

@@ -18,6 +18,7 @@ from edgecnn.cli.common import (
     write_json_output,
 )
 from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.formats import ENGINES
 
 # Where a measurement runs, and how to reach it (edgecnn.bench.make_target's keywords).
 DEVICE_OPTIONS = (
@@ -64,11 +65,14 @@ def device_options(f):
 @click.option("--reference", type=click.Path(path_type=Path),
               help="Float model for top-1 agreement [default: the first checkpoint, else the first float model].")
 @click.option("--input-shape", help="Input shape for models with dynamic dimensions, e.g. 1,3,224,224.")
+@click.option("--backend", "backends", type=click.Choice(ENGINES), multiple=True,
+              help="Run each file in this engine where it reads the format (openvino also runs .onnx); repeat it "
+                   "to compare engines [default: each format's own].")
 @click.option("--profile", is_flag=True, help="Per-op times (onnxruntime profiler; benchmark_model on adb).")
 @click.option("--estimate", help="Also estimate latency on devices that are not attached: pi4,pi5,phone-a76,phone-a55 "
                                  "or all (see `edgecnn device list`).")
 @click.option("--all-formats", is_flag=True,
-              help="For a checkpoint: export ONNX and TFLite, float32 and int8, and benchmark them all with it.")
+              help="For a checkpoint: export every installed format, float32 and int8, and benchmark them all with it.")
 @click.option("--export-dir", type=click.Path(path_type=Path),
               help="Where --all-formats writes the artefacts [default: CHECKPOINT_DIR/bench-export].")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
@@ -83,7 +87,8 @@ def device_options(f):
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Latency-vs-accuracy PNG.")
 def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | None, md_path: Path | None,
           plot_path: Path | None, **params) -> None:
-    """Latency (median, p90, p99 ...), size, memory and accuracy of .tflite/.onnx files and checkpoints."""
+    """Latency (median, p90, p99 ...), size, memory and accuracy of model files (.tflite, .onnx, OpenVINO .xml)
+    and checkpoints."""
     from edgecnn.bench import BenchOptions, benchmark, make_target
     from edgecnn.bench.harness import estimate_rows
     from edgecnn.bench.profiles import parse_profiles
@@ -96,6 +101,7 @@ def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | Non
     profiles = parse_profiles(params["estimate"]) if params["estimate"] else []
     shape = params["input_shape"]
     options = options_from(BenchOptions, params, threads=tuple(dict.fromkeys(params["threads"])),
+                           backends=tuple(dict.fromkeys(params["backends"])),
                            input_shape=int_list(shape, "--input-shape") if shape else None,
                            verify=not params["no_verify"])
     target = make_target(**{k: params[k] for k in DEVICE_PARAMS})
@@ -131,7 +137,7 @@ def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list
     if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
         raise EdgeCNNError("--all-formats takes one edgecnn checkpoint (.pt)")
     if params["device"] not in ("cpu", "local"):
-        raise EdgeCNNError("--all-formats measures PyTorch, ONNX and TFLite on this machine (--device cpu); "
+        raise EdgeCNNError("--all-formats measures PyTorch and every installed format on this machine (--device cpu); "
                            "bench the exported files on other devices")
     out = params["export_dir"] or models[0].parent / "bench-export"
     exported, failed = export_all_formats(models[0], out, options.dataset, options.eval_samples,

@@ -1,4 +1,4 @@
-"""`edgecnn export`: a checkpoint, or registry model + weights, to verified .tflite/.onnx files."""
+"""`edgecnn export`: a checkpoint, or registry model + weights, to verified model files (.tflite, .onnx, ...)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 
 from edgecnn.cli.common import IMG_SIZE, console, json_option, write_json_output
 from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 
 
 @click.command(name="export")
@@ -18,7 +19,8 @@ from edgecnn.errors import EdgeCNNError
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --weights: the registry model's channel width multiplier.")
 @click.option("--img-size", type=IMG_SIZE, help="Input size for --weights [default: 224].")
-@click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma-separated: tflite, onnx.")
+@click.option("--format", "formats", default=",".join(DEFAULT_FORMATS), show_default=True,
+              help=f"Comma-separated: {', '.join(FORMATS)} (openvino: pip install 'edgecnn[openvino]').")
 @click.option("--int8", is_flag=True, help="Quantize to int8 (calibrated, verified).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="Calibration images used (at most).")

@@ -15,6 +15,7 @@ from edgecnn.cli.common import (
     no_verify_option,
     write_json_output,
 )
+from edgecnn.runtime.formats import BY_SUFFIX
 
 
 @click.command()
@@ -26,13 +27,14 @@ from edgecnn.cli.common import (
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="A registry model's channel width multiplier.")
 @json_option("the table")
-@no_verify_option("A .tflite/.onnx file: skip the check against its content hash.")
+@no_verify_option("A model file: skip the check against its content hash.")
 def summary(model: str, img_size: int | None, num_classes: int | None, width: float, json_path: Path | None,
             no_verify: bool) -> None:
-    """Layer-by-layer table of a registry model, checkpoint or .tflite/.onnx file: shapes, parameters, MACs."""
+    """Layer-by-layer table of a registry model, checkpoint or model file (.tflite, .onnx, .xml): shapes, parameters,
+    MACs."""
     from edgecnn.runtime.layers import file_layers, print_summary, summary_report
 
-    if model.lower().endswith((".tflite", ".onnx")):  # torch-free
+    if Path(model).suffix.lower() in BY_SUFFIX:  # torch-free
         rows = file_layers(model, verify=not no_verify)
         title = f"{Path(model).name} (shapes and op types from the file)"
     else:
@@ -49,7 +51,7 @@ def summary(model: str, img_size: int | None, num_classes: int | None, width: fl
 @json_option("the card and op summary")
 @no_verify_option("Show a file even if it does not match its content hash.")
 def info(model_path: Path, json_path: Path | None, no_verify: bool) -> None:
-    """Show a .tflite/.onnx file's embedded model card and an op summary (int8/float ops, I/O dtypes)."""
+    """Show a model file's embedded model card and an op summary (int8/float ops, I/O dtypes)."""
     from edgecnn.runtime.modelfile import read_model_file
     from edgecnn.runtime.report import model_summary, print_model_summary
 

@@ -9,6 +9,7 @@ import click
 
 from edgecnn.cli.common import IMG_SIZE, THREADS, console, no_verify_option, options_from, rgb, warn_about_threads
 from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.formats import ENGINES
 
 
 @click.command()
@@ -35,11 +36,13 @@ from edgecnn.errors import EdgeCNNError
 @click.option("--stats-json", type=click.Path(path_type=Path), help="Write the pipeline statistics at the end.")
 @click.option("--realtime", is_flag=True, help="Play a video file at its own frame rate, as a camera would deliver it.")
 @click.option("--give-up-after", type=click.FloatRange(min=0), help="Stop when a stream stays down this many seconds.")
+@click.option("--backend", type=click.Choice(ENGINES),
+              help="Run FILE in this engine where it reads the format (openvino also runs .onnx) [default: its own].")
 @no_verify_option("Do not check an edgecnn file against its content hash.")
 def watch(model_path: Path, source: str, threads: int, img_size: int | None, mean: str | None, std: str | None,
-          labels_file: Path | None, alert: str | None, no_verify: bool, **params) -> None:
-    """Classify SOURCE — a video file, camera index or rtsp://, http:// stream — with the .tflite/.onnx
-    classifier FILE as it plays (torch-free)."""
+          labels_file: Path | None, alert: str | None, no_verify: bool, backend: str | None, **params) -> None:
+    """Classify SOURCE — a video file, camera index or rtsp://, http:// stream — with the classifier FILE
+    (.tflite, .onnx, OpenVINO .xml) as it plays (torch-free)."""
     import signal
     import threading
 
@@ -53,7 +56,7 @@ def watch(model_path: Path, source: str, threads: int, img_size: int | None, mea
     warn_about_threads(threads)
     labels = read_labels(labels_file) if labels_file else None
     classifier = load(model_path, threads, img_size=img_size, mean=rgb(mean, "--mean"), std=rgb(std, "--std"),
-                      labels=labels, verify=not no_verify)
+                      labels=labels, verify=not no_verify, backend=backend)
     for note in classifier.notes:
         console.print(shown(note))
     alerts = tuple(a.strip() for a in alert.split(",") if a.strip()) if alert else ()

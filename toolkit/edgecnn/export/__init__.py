@@ -1,4 +1,5 @@
-"""Export to .tflite and .onnx, float or int8, each artefact verified before it gets its final name.
+"""Export to every format of `edgecnn.runtime.formats`, float or int8, each artefact verified before it gets its
+final name.
 
     artefacts = export(source, options, out_dir, calibration, verification)
 
@@ -27,20 +28,18 @@ from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
 from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
-from edgecnn.runtime.integrity import sidecar_line, sidecar_path
+from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_files, model_size
+from edgecnn.runtime.integrity import sidecar_path, sidecar_text
 from edgecnn.runtime.modelfile import embed_card
 from edgecnn.signals import Interrupts, interruptible
 
-FORMATS = ("tflite", "onnx")
-SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
-LAYOUT = {"tflite": "NHWC", "onnx": "NCHW"}
 LOW_AGREEMENT, LOW_SURE_AGREEMENT = 0.90, 0.95  # below these the report warns
 SMALL_VERIFICATION = 100  # fewer images than this make one image worth more than a point
 
 
 @dataclass
 class ExportOptions:
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     int8: bool = False
     target: str = "host"  # the CPU the int8 scheme is for (edgecnn.quantize.target)
     max_accuracy_drop: float | None = None  # top-1 points (1.0 = one point); None: report only
@@ -89,12 +88,13 @@ def accuracy_drop(accuracy: float | None, float_accuracy: float | None, agreemen
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     for f in formats:
         if f not in FORMATS:
             raise EdgeCNNError(f"unknown format '{f}'{closest(f, FORMATS)}; choose from {', '.join(FORMATS)}")
+        FORMATS[f].require()
     if not formats:
-        raise EdgeCNNError("no format given: use --format tflite,onnx")
+        raise EdgeCNNError(f"no format given: use --format {','.join(DEFAULT_FORMATS)}")
     return formats
 
 
@@ -112,8 +112,8 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
         "card_version": 2,  # 2: sealed with a content hash
         "task": "image-classification",
         "labels": source.labels,
-        "preprocess": {**source.pre.to_dict(), "layout": LAYOUT[fmt]},
-        "input": {**_tensor_card(backend.input), "layout": LAYOUT[fmt]},
+        "preprocess": {**source.pre.to_dict(), "layout": FORMATS[fmt].layout},
+        "input": {**_tensor_card(backend.input), "layout": FORMATS[fmt].layout},
         "output": {**_tensor_card(backend.output), "kind": "logits"},
         "source": {"model": source.name, "width": source.width, "dataset": source.dataset, "from": source.origin,
                    "recipe_hash": source.recipe_hash, "macs": source.macs},
@@ -131,13 +131,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
 def format_builder(fmt: str, source: ExportSource, calibration: torch.Tensor | None, scheme, scratch: Path):
     """The builder of one format: `build(path, float_layers)` with its `candidate` ranges, `target()`,
     `candidates()`, `layer_errors`, `layer_id(layer)` and `method`."""
-    if fmt == "tflite":
-        from edgecnn.export.tflite import TFLiteBuilder
-
-        return TFLiteBuilder(source, calibration)
-    from edgecnn.export.onnx import OnnxBuilder
-
-    return OnnxBuilder(source, calibration, scheme, scratch)
+    return FORMATS[fmt].exporter.Builder(source, calibration, scheme, scratch)
 
 
 def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[str]:
@@ -202,7 +196,7 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
     with scratch_dir as scratch:
         for fmt in options.formats:
             interrupts.check()
-            final = out_dir / f"{stem}{SUFFIX[fmt]}"
+            final = out_dir / f"{stem}{FORMATS[fmt].suffix}"
             work = Path(scratch) / f"{final.stem}.work{final.suffix}"
             console.print(f"exporting {final} ...")
             builder = format_builder(fmt, source, calib_tensor, scheme, Path(scratch))
@@ -293,25 +287,28 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
 
 
 def install(work: Path, final: Path, sidecar: bool) -> str:
-    """Give the verified file its final name (atomic, durable); returns the sha256 of what was verified, hashed
-    before the rename. An old sidecar goes first: a stale one beside the new file would call it corrupt, while
-    a missing one only leaves the embedded hash to check."""
-    data = work.read_bytes()
+    """Give the verified model its final name (atomic and durable per file; the entry file last, so a reader
+    never finds it beside old weights); returns the sha256 of what was verified (all its files, in order),
+    hashed before the rename. An old sidecar goes first: a stale one beside the new file would call it corrupt,
+    while a missing one only leaves the embedded hash to check."""
+    pairs = list(zip(model_files(work), model_files(final), strict=True))
+    parts = {target: source.read_bytes() for source, target in pairs}
     sidecar_path(final).unlink(missing_ok=True)
-    with open(work, "rb+") as f:
-        os.fsync(f.fileno())
-    work.replace(final)
+    for source, target in reversed(pairs):
+        with open(source, "rb+") as f:
+            os.fsync(f.fileno())
+        source.replace(target)
     fsync_dir(final.parent)
     if sidecar:
-        write_bytes(sidecar_path(final), sidecar_line(final, data).encode())
-    return hashlib.sha256(data).hexdigest()
+        write_bytes(sidecar_path(final), sidecar_text(parts).encode())
+    return hashlib.sha256(b"".join(parts.values())).hexdigest()
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,
               started: float, float_layers: list[str] | None = None) -> Artefact:
     ops = checked.model_file
     return Artefact(
-        path=str(final), format=fmt, int8=options.int8, size_bytes=ops.path.stat().st_size,
+        path=str(final), format=fmt, int8=options.int8, size_bytes=model_size(ops.path),
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
         agreement=checked.agreement, confident_agreement=checked.confident_agreement,
         confident_samples=checked.confident_samples, max_logit_error=checked.max_logit_error,

@@ -21,6 +21,7 @@ from edgecnn.native import quiet_native_output
 from edgecnn.quantize.calibrate import Candidate
 from edgecnn.quantize.ranges import Histogram, activation_range
 from edgecnn.quantize.target import Scheme
+from edgecnn.runtime.formats.onnx import onnx_layer_path
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -237,8 +238,10 @@ def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, flo
             raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
-class OnnxBuilder:
+class Builder:
     """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and report layer errors."""
+
+    runtime = "onnxruntime"  # whose int8 kernels the scheme is for
 
     def __init__(self, source, calibration: torch.Tensor | None, scheme: Scheme, scratch: Path):
         self.source, self.calibration, self.scheme, self.scratch = source, calibration, scheme, scratch
@@ -286,7 +289,7 @@ class OnnxBuilder:
         self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
-        return (f"{trained}onnxruntime QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
+        return (f"{trained}{self.runtime} QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
                 f"per-channel {bits} int8 weights; activation ranges: {self.method}")
 
     @property
@@ -294,8 +297,6 @@ class OnnxBuilder:
         """SQNR per quantized Conv/Gemm of the last int8 build, measured on its own QDQ graph."""
         if self._last is None:
             return []
-        from edgecnn.runtime.modelfile import onnx_layer_path
-
         # Module paths from the exported graph (pre-processing may drop node metadata); the exporter folds each
         # BatchNorm into its convolution and names the result after the BatchNorm.
         paths = {n.name: self._convolution_of.get(path, path)

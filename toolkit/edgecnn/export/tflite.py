@@ -50,10 +50,11 @@ def convert(module: nn.Module, img_size: int, path: Path, float_layers: Sequence
     path.write_bytes(flatbuffer)
 
 
-class TFLiteBuilder:
-    """The .tflite side of `edgecnn.export.export`: build with some layers in float, and report layer errors."""
+class Builder:
+    """The .tflite side of `edgecnn.export.export`: build with some layers in float, and report layer errors.
+    XNNPACK needs no CPU-specific scheme and litert-torch no scratch files: `scheme` and `scratch` go unused."""
 
-    def __init__(self, source, calibration: torch.Tensor | None):
+    def __init__(self, source, calibration: torch.Tensor | None, scheme=None, scratch: Path | None = None):
         self.source, self.calibration = source, calibration
         self.candidate = Candidate("minmax")
         self._last: tuple[pt2e.Observed, torch.fx.GraphModule] | None = None  # the last int8 build's graph

@@ -187,15 +187,17 @@ def load(
     color: str | None = None,
     labels: list[str] | None = None,
     verify: bool = True,
+    backend: str | None = None,
 ) -> Classifier:
-    """Open a .tflite/.onnx classifier; its embedded card supplies preprocessing, the arguments override it.
+    """Open a classifier (.tflite, .onnx, OpenVINO .xml); its embedded card supplies preprocessing, the arguments
+    override it. `backend` runs the file in another engine that reads its format (openvino for a .onnx).
 
     With `verify` (the default) an edgecnn artefact whose bytes do not match its content hash is refused before
     any runtime sees it; files without an edgecnn hash load, with a note in `classifier.notes`."""
     model_file = read_model_file(path, verify=verify)  # parsed first: no runtime sees a truncated or garbage file
-    backend = load_backend(path, threads)
-    pre = model_preprocess(model_file, backend.input.shape, img_size, mean, std, color)
-    classifier = Classifier(backend, pre, _labels(model_file, backend.output, labels))
+    engine = load_backend(path, threads, backend=backend)
+    pre = model_preprocess(model_file, engine.input.shape, img_size, mean, std, color)
+    classifier = Classifier(engine, pre, _labels(model_file, engine.output, labels))
     classifier.notes = model_file.notes
     classifier.integrity = model_file.integrity
     return classifier

@@ -1,5 +1,6 @@
-"""The one-command cross-format table: a checkpoint exported to ONNX and TFLite, float and int8, each
-artefact verified by the exporter, then every one that passed benchmarked beside the PyTorch model."""
+"""The one-command cross-format table: a checkpoint exported to every format this machine has a runtime for,
+float and int8, each artefact verified by the exporter, then every one that passed benchmarked beside the PyTorch
+model."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ STATUS = {"gate failed": "accuracy gate failed", "float ops left": "float ops le
 def export_all_formats(checkpoint: Path, out_dir: Path, dataset: str | None, eval_samples: int,
                        max_accuracy_drop: float | None, target: str, console: Console
                        ) -> tuple[list[Path], list[BenchRow]]:
-    """(artefacts to benchmark, rows for the exports that failed) for ONNX and TFLite × float32 and int8."""
-    from edgecnn.export import FORMATS, ExportOptions, export
+    """(artefacts to benchmark, rows for the exports that failed) for each installed format × float32 and int8."""
+    from edgecnn.export import ExportOptions, export
     from edgecnn.export.sources import dataset_images, source_from_checkpoint
+    from edgecnn.runtime.formats import installed_formats
 
     source = source_from_checkpoint(checkpoint)
     data = dataset or source.dataset
@@ -30,7 +32,7 @@ def export_all_formats(checkpoint: Path, out_dir: Path, dataset: str | None, eva
     calibration = dataset_images(data, "train", source.pre, CALIBRATION_SAMPLES)
     artefacts = []
     for int8 in (False, True):
-        options = ExportOptions(formats=tuple(sorted(FORMATS)), int8=int8, target=target,
+        options = ExportOptions(formats=installed_formats(), int8=int8, target=target,
                                 max_accuracy_drop=max_accuracy_drop)
         artefacts += export(source, options, out_dir, calibration if int8 else None, verification, console)
     ok = [Path(a.path) for a in artefacts if a.status == "ok"]

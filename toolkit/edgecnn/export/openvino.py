@@ -1,0 +1,42 @@
+"""PyTorch → OpenVINO IR (.xml + .bin), float or int8, through the ONNX builder's graph.
+
+int8 comes from the same calibrated QDQ graph as the .onnx (edgecnn's activation ranges, the same `auto` search and
+layer fallback); OpenVINO reads each QuantizeLinear/DequantizeLinear pair as a FakeQuantize and its CPU plugin runs
+the convolutions between them in int8. NNCF would calibrate again with its own ranges: two formats from one model
+would then differ by more than their kernels, and the range search and per-layer report would not apply to it.
+The ONNX scheme for the target carries over (7-bit weights on x86 without VNNI: OpenVINO's AVX2 int8
+convolutions add u8×s8 pairs in 16 bits like onnxruntime's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.export import onnx
+
+
+def convert(onnx_path: Path, path: Path) -> None:
+    """Write the IR of an ONNX file: `path` (.xml) and its .bin; weights stay f32 (no f16 compression)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise EdgeCNNError("--format openvino needs OpenVINO: pip install 'edgecnn[openvino]'") from None
+    try:
+        model = ov.convert_model(str(onnx_path))
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    except Exception as e:  # the frontends raise their own types (OpConversionFailure, GeneralFailure, ...)
+        raise EdgeCNNError(f"OpenVINO could not convert the model: {first_line(e)}") from None
+
+
+class Builder(onnx.Builder):
+    """The OpenVINO side of `edgecnn.export.export`: the ONNX builder's graph, converted. Layer errors and the
+    fallback's layer names are the QDQ graph's, measured in onnxruntime."""
+
+    runtime = "OpenVINO"
+
+    def build(self, path: Path, float_nodes: list[str]) -> str | None:
+        graph = path.with_name(f"{path.stem}.source.onnx")
+        scheme = super().build(graph, float_nodes)
+        convert(graph, path)
+        return scheme
