@@ -9,7 +9,7 @@ $(BIN)/edgecnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch 2.14.1 + torchvision 0.29.1 are the versions edgecnn is tested with.
-	$(BIN)/pip install -e '.[train,bench,dev,openvino]' 'torch==2.14.1' 'torchvision==0.29.1'
+	$(BIN)/pip install -e '.[train,bench,dev,openvino,executorch]' 'torch==2.14.1' 'torchvision==0.29.1'
 	touch $@
 
 demo: $(BIN)/edgecnn

@@ -5,8 +5,10 @@ Standard models × formats × float32/int8 × pruned/unpruned, each measured by 
 - tinycnn on digits (recipes/quickstart.yaml), resnet8 on Fashion-MNIST (recipes/fashion_mnist.yaml) and its
   50 %-pruned version (recipes/fashion_mnist_pruned.yaml): `edgecnn bench CKPT --all-formats` (PyTorch, ONNX and
   TFLite, float32 and int8) with accuracy on the held-out split;
-- torchvision's ImageNet MobileNetV2 at 224 px (`make real-data`), float32 and int8, agreement on Debian
-  opencv-doc's photos (no labels there).
+- torchvision's ImageNet MobileNetV2 at 224 px (`make real-data`), float32 and int8 in every installed format
+  (TFLite, ONNX, OpenVINO, ExecuTorch), agreement on Debian opencv-doc's photos (no labels there).
+
+`--only NAME` runs one of them (e.g. `--only mobilenet_v2_imagenet`).
 
 Writes benchmarks/results/bench_<name>.{json,md,png}, benchmarks/results/suite.md (every table, with machine and
 date) and the Fashion-MNIST table in README.md between the `bench-suite` markers. Checkpoints come from `edgecnn
@@ -21,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgecnn.runtime.formats import FORMATS, installed_formats
 from readme_sections import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +49,10 @@ def bench_args(name: str, runs: int, rounds: int) -> list[str]:
             "--md", f"{out}.md", "--plot", f"{out}.png"]
 
 
-def checkpoint_benchmarks(runs: int, rounds: int) -> list[str]:
+def checkpoint_benchmarks(runs: int, rounds: int, only: list[str] | None = None) -> list[str]:
     names = []
-    for name, (recipe, checkpoint, samples) in RECIPES.items():
+    for name in only or RECIPES:
+        recipe, checkpoint, samples = RECIPES[name]
         edgecnn("run", f"recipes/{recipe}.yaml", "--out", str(RUNS / recipe))
         edgecnn("bench", str(RUNS / recipe / checkpoint), "--all-formats", "--export-dir", str(RUNS / "bench" / name),
                 "--eval-samples", str(samples), *bench_args(name, runs, rounds))
@@ -61,11 +65,11 @@ def imagenet_benchmark(runs: int, rounds: int) -> list[str]:
         print("skipping ImageNet MobileNetV2: run `make real-data` and apt-get install opencv-doc", flush=True)
         return []
     out = RUNS / "bench" / "mobilenet_v2_imagenet"
+    formats = installed_formats()
     for precision in ([], ["--int8"]):
         edgecnn("export", "--model", "mobilenet_v2", "--weights", str(REAL_WEIGHTS), "--calib-images", str(PHOTOS),
-                "--format", "tflite,onnx", *precision, "--out", str(out))
-    files = [str(out / f"mobilenet_v2{suffix}") for suffix in
-             (".onnx", "_int8.onnx", ".tflite", "_int8.tflite")]
+                "--format", ",".join(formats), *precision, "--out", str(out))
+    files = [str(out / f"mobilenet_v2{stem}{FORMATS[name].suffix}") for name in formats for stem in ("", "_int8")]
     edgecnn("bench", *files, "--images", str(PHOTOS), "--eval-samples", "100",
             *bench_args("mobilenet_v2_imagenet", runs, rounds))
     return ["mobilenet_v2_imagenet"]
@@ -90,8 +94,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="timed runs per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    parser.add_argument("--only", choices=[*RECIPES, "mobilenet_v2_imagenet"], help="run this benchmark alone")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.only == "mobilenet_v2_imagenet":
+        imagenet_benchmark(args.runs // 4, args.rounds)
+        return
+    if args.only:
+        checkpoint_benchmarks(args.runs, args.rounds, [args.only])
+        return
     names = checkpoint_benchmarks(args.runs, args.rounds) + imagenet_benchmark(args.runs // 4, args.rounds)
     write_summary(names)
     print(f"wrote {RESULTS / 'suite.md'}", flush=True)

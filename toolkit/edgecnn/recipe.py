@@ -96,7 +96,8 @@ class QuantizeConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["tflite", "onnx", "openvino"]] = field(default_factory=list)  # empty: no export stage
+    # empty: no export stage
+    formats: list[Literal["tflite", "onnx", "openvino", "executorch"]] = field(default_factory=list)
     eval_samples: int | None = None
     allow_float_ops: bool = False
 

@@ -41,8 +41,8 @@ GUEST_SITE = "usr/lib/python3/dist-packages"
 DEBIAN_PACKAGES = ("python3.11", "libstdc++6", "base-files")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # pip picks the Arm wheels by these tags (ai-edge-litert publishes manylinux_2_27 only).
-WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
-                   "manylinux2014_aarch64")
+WHEEL_PLATFORMS = ("manylinux_2_35_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
+                   "manylinux_2_17_aarch64", "manylinux2014_aarch64")  # bookworm has glibc 2.36; OpenVINO: 2.35
 # Host paths the guest must see as the host's own: never shadow them with the userland's.
 HOST_ONLY = {"proc", "dev", "sys", "tmp", "run", "home", "root", "mnt", "media"}
 QEMU_NAMES = ("qemu-aarch64-static", "qemu-aarch64")
@@ -238,9 +238,14 @@ def _build(folder: Path, mirror: str, log: Callable[[str], None]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# Extras whose runtime is torch-free and has aarch64 wheels: installed in the userland when this host has them.
+# ExecuTorch's Python runtime needs torch, which a Pi userland without torch is meant to prove unnecessary.
+ARM_EXTRAS = ("openvino",)
+
+
 def runtime_requirements() -> list[str]:
-    """edgecnn's runtime dependencies, pinned to the versions this host runs, so Arm and x86 compare like
-    for like."""
+    """edgecnn's runtime dependencies (and the ARM_EXTRAS this host has), pinned to the versions this host runs,
+    so Arm and x86 compare like for like."""
     try:
         declared = metadata.requires("edgecnn") or []
     except metadata.PackageNotFoundError:
@@ -249,13 +254,17 @@ def runtime_requirements() -> list[str]:
     wanted = []
     for line in declared:
         spec, _, marker = line.partition(";")
-        if "extra ==" in marker:
-            continue
+        extra = re.search(r"extra == ['\"]([\w-]+)['\"]", marker)
         name = re.match(r"\s*([A-Za-z0-9._-]+)", spec).group(1)
         try:
-            wanted.append(f"{name}=={metadata.version(name)}")
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            wanted.append(spec.strip())
+            version = None
+        if extra:
+            if extra.group(1) in ARM_EXTRAS and version is not None:
+                wanted.append(f"{name}=={version}")
+            continue
+        wanted.append(f"{name}=={version}" if version else spec.strip())
     return wanted
 
 

@@ -54,6 +54,10 @@ class Builder:
     """The .tflite side of `edgecnn.export.export`: build with some layers in float, and report layer errors.
     XNNPACK needs no CPU-specific scheme and litert-torch no scratch files: `scheme` and `scratch` go unused."""
 
+    layout = "NHWC"  # of the graphs built and of the file's input
+    fold_weights = False  # litert-torch quantizes float weights itself
+    converts_qat_graph = True  # after QAT the fake-quantized graph itself is converted
+
     def __init__(self, source, calibration: torch.Tensor | None, scheme=None, scratch: Path | None = None):
         self.source, self.calibration = source, calibration
         self.candidate = Candidate("minmax")
@@ -61,30 +65,44 @@ class Builder:
         self._observed: pt2e.Observed | None = None  # of the fully int8 graph, reused by every candidate
 
     @property
+    def _qat(self):
+        return self.source.qat if self.converts_qat_graph else None
+
+    @property
+    def _model(self) -> nn.Module:
+        """What post-training quantization starts from: after QAT without its graph, the QAT-tuned weights."""
+        return self.source.qat.tuned if self.source.qat and not self._qat else self.source.model
+
+    @property
     def method(self) -> str:
-        return "learned in quantization-aware training" if self.source.qat else self.candidate.name
+        return "learned in quantization-aware training" if self._qat else self.candidate.name
 
     def _observe(self, float_layers: list[str]) -> pt2e.Observed:
         if float_layers:
-            return pt2e.observe(self.source.model, self.calibration, "NHWC", float_layers)
+            return pt2e.observe(self._model, self.calibration, self.layout, float_layers)
         if self._observed is None:
-            self._observed = pt2e.observe(self.source.model, self.calibration, "NHWC")
+            self._observed = pt2e.observe(self._model, self.calibration, self.layout)
         return self._observed
+
+    def write(self, module: nn.Module, path: Path, float_layers: Sequence[str] | None, qat: bool = False) -> None:
+        """Convert a module taking `layout` input (a PT2E-quantized graph when `float_layers` is given)."""
+        convert(module, self.source.pre.img_size, path, float_layers, qat)
 
     def build(self, path: Path, float_layers: list[str]) -> str | None:
         """Write the artefact; return the int8 scheme (None for float)."""
-        qat, size = self.source.qat, self.source.pre.img_size
-        if qat:
-            convert(qat.converted(), size, path, [], qat=True)
+        qat = self.source.qat
+        if self._qat:
+            self.write(qat.converted(), path, [], qat=True)
             return qat.scheme_prefix + SCHEME
         if self.calibration is None:
-            export_tflite(self.source.model, size, path)
+            self.write(pt2e.channels_last(self.source.model) if self.layout == "NHWC" else self.source.model.eval(),
+                       path, None)
             return None
         observed = self._observe(float_layers)
-        graph = observed.convert(self.candidate.method)
+        graph = observed.convert(self.candidate.method, self.fold_weights)
         self._last = (observed, graph)
-        convert(graph, size, path, float_layers)
-        return f"{SCHEME}; activation ranges: {self.candidate.name}"
+        self.write(graph, path, float_layers)
+        return f"{qat.scheme_prefix if qat else ''}{SCHEME}; activation ranges: {self.candidate.name}"
 
     @property
     def layer_errors(self) -> list[dict]:

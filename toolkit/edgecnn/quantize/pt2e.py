@@ -140,8 +140,10 @@ class Observed:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 2, 3, 1) if self.layout == "NHWC" else images
 
-    def convert(self, method: str) -> torch.fx.GraphModule:
-        """The fake-quantized graph with every activation range chosen by `method`."""
+    def convert(self, method: str, fold_weights: bool = False) -> torch.fx.GraphModule:
+        """The fake-quantized graph with every activation range chosen by `method`; with `fold_weights` the
+        weights are stored as int8 constants (what ExecuTorch lowers) instead of float ones quantized in the
+        graph (what litert-torch converts)."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         prepared = copy.deepcopy(self.prepared)
@@ -151,7 +153,7 @@ class Observed:
                 module.min_val.fill_(low)
                 module.max_val.fill_(high)
         with quiet_native_output():
-            return convert_pt2e(prepared, fold_quantize=False)
+            return convert_pt2e(prepared, fold_quantize=fold_weights)
 
 
 BATCH = 32

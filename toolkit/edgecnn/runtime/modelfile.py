@@ -26,13 +26,17 @@ DATA_MOVEMENT = {
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Shape", "Gather", "Concat", "Slice",
     "Pad", "Cast", "Constant", "Split", "Expand", "DepthToSpace", "SpaceToDepth",
     "Input", "Output", "Const", "Reorder", "Concatenation", "StridedSlice", "Convert", "ShapeOf", "Broadcast",
+    "XNNStaticTranspose", "XNNStaticReshape", "XNNStaticSlice", "XNNStaticConstantPad", "XNNCopy",
+    "XNNConcatenate2", "XNNConcatenate3", "XNNConcatenate4", "XNNConcatenate5",
 }
-QUANT_BOUNDARY = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "Quantize", "FakeQuantize"}
+QUANT_BOUNDARY = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "Quantize", "FakeQuantize",
+                  "XNNConvert"}
 @dataclass
 class OpInfo:
     name: str  # TFLite builtin name or ONNX op_type
     dtype: str  # the dtype the op computes in: 'int8', 'uint8', 'float32', ...
     where: str  # the op's output tensor (TFLite) or node name (ONNX): points at the layer
+    delegated: bool = True  # False: an ExecuTorch op left to the portable kernels (slow, and not int8)
 
 
 @dataclass
@@ -52,7 +56,8 @@ class ModelFile:
 
     @property
     def float_ops(self) -> list[OpInfo]:
-        return [op for op in self.compute_ops if op.dtype.startswith("float")]
+        """Compute ops not running in int8 kernels: float ones, and ops an accelerator delegate did not take."""
+        return [op for op in self.compute_ops if op.dtype.startswith("float") or not op.delegated]
 
     @property
     def int8_ops(self) -> list[OpInfo]:

@@ -53,6 +53,7 @@ FORMATS: dict[str, ModelFormat] = {
         ModelFormat("onnx", ".onnx", "NCHW", "onnxruntime", "onnxruntime", "onnxruntime"),
         ModelFormat("openvino", ".xml", "NCHW", "openvino", "'edgecnn[openvino]'", "openvino", default=False,
                     also_runs=(".onnx",)),
+        ModelFormat("executorch", ".pte", "NCHW", "executorch", "'edgecnn[executorch]'", "executorch", default=False),
     )
 }
 BY_SUFFIX = {f.suffix: f for f in FORMATS.values()}
