@@ -57,6 +57,14 @@ def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     )
 
 
+def edgecnn_without(package: str, *args: str):
+    """The `edgecnn` CLI in a child process where `package` cannot be imported, as on a machine without it."""
+    code = (f"import sys; sys.modules[{package!r}] = None; import importlib.util as u; "
+            f"u.find_spec = (lambda f: lambda name, *a: None if name == {package!r} else f(name, *a))(u.find_spec); "
+            "from edgecnn.cli import main; sys.argv = ['edgecnn', *sys.argv[1:]]; main()")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on (for the sshd and RTSP servers the tests start)."""
     with socket.socket() as s:

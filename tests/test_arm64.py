@@ -53,7 +53,7 @@ def test_runtime_runs_in_the_arm64_userland_without_torch(userland, digits_int8)
         "out['arch'] = platform.machine()\n"
         "print(json.dumps(out))\n"
     )
-    paths = [str(digits_int8["tflite"]), str(digits_int8["onnx"])]
+    paths = [str(digits_int8[fmt]) for fmt in ("tflite", "onnx", "openvino")]
     done = userland.python("cortex-a72", ["-c", script, *paths], timeout=300)
     assert done.returncode == 0, done.stderr
     guest = json.loads(done.stdout.strip().splitlines()[-1])
@@ -74,12 +74,13 @@ def test_runtime_runs_in_the_arm64_userland_without_torch(userland, digits_int8)
 @pytest.mark.parametrize("cpu", ["cortex-a72", "cortex-a76"])
 def test_int8_models_agree_with_x86_on_emulated_pi4_and_pi5(userland, digits_int8, cpu, tmp_path):
     report = tmp_path / "arm.json"
-    result = edgecnn("bench", digits_int8["tflite"], digits_int8["onnx"], "--device", f"arm64-emu:{cpu}",
+    formats = ["tflite", "onnx", "openvino"]  # OpenVINO's aarch64 wheel is in the userland; ExecuTorch needs torch
+    result = edgecnn("bench", *(digits_int8[fmt] for fmt in formats), "--device", f"arm64-emu:{cpu}",
                      "--dataset", "digits", "--json", report, timeout=900)
     assert result.returncode == 0, result.stderr + result.stdout
     data = json.loads(report.read_text())
     rows = data["results"]
-    assert [r["format"] for r in rows] == ["tflite", "onnx"]
+    assert [r["format"] for r in rows] == formats
     for row in rows:
         assert row["status"] == "ok" and row["device"] == f"arm64-emu:{cpu}" and row["precision"] == "int8"
         assert row["agreement"] >= 0.99 and row["accuracy"] > 0.9, row

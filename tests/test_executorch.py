@@ -3,12 +3,10 @@ compute op delegated and int8, agreement with float), self-describing through it
 by the runtime, `info`, `summary` and `bench`, and refused when damaged."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli_outcome, edgecnn, record
+from conftest import assert_clean_error, cli_outcome, edgecnn, edgecnn_without, record
 from corruption import corruptions
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
@@ -130,10 +128,6 @@ def test_bench_measures_the_program(programs, digits_checkpoint, tmp_path):
 
 
 def test_missing_extra_is_one_line(digits_checkpoint, tmp_path):
-    code = ("import sys; sys.modules['executorch'] = None; import importlib.util as u; "
-            "u.find_spec = (lambda f: lambda name, *a: None if name == 'executorch' else f(name, *a))(u.find_spec); "
-            "from edgecnn.cli import main; sys.argv = ['edgecnn', *sys.argv[1:]]; main()")
-    result = subprocess.run([sys.executable, "-c", code, "export", str(digits_checkpoint), "--format", "executorch",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = edgecnn_without("executorch", "export", digits_checkpoint, "--format", "executorch", "--out", tmp_path)
     assert_clean_error(result, "pip install 'edgecnn[executorch]'")
     assert not list(tmp_path.iterdir())

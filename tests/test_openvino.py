@@ -5,11 +5,10 @@ and `bench`, and refused when either of its two files is damaged."""
 import hashlib
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli_outcome, edgecnn, record
+from conftest import assert_clean_error, cli_outcome, edgecnn, edgecnn_without, record
 from corruption import corruptions
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
@@ -121,11 +120,6 @@ def test_bench_measures_the_ir_beside_onnx(digits_int8, digits_checkpoint, tmp_p
 
 
 def test_missing_extra_is_one_line(digits_checkpoint, tmp_path):
-    # An interpreter where `import openvino` fails, as on a machine without the extra.
-    code = ("import sys; sys.modules['openvino'] = None; import importlib.util as u; "
-            "u.find_spec = (lambda f: lambda name, *a: None if name == 'openvino' else f(name, *a))(u.find_spec); "
-            "from edgecnn.cli import main; sys.argv = ['edgecnn', *sys.argv[1:]]; main()")
-    result = subprocess.run([sys.executable, "-c", code, "export", str(digits_checkpoint), "--format", "openvino",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = edgecnn_without("openvino", "export", digits_checkpoint, "--format", "openvino", "--out", tmp_path)
     assert_clean_error(result, "pip install 'edgecnn[openvino]'")
     assert not list(tmp_path.iterdir())
