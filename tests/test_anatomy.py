@@ -66,7 +66,7 @@ def test_file_tables_match_the_pytorch_model(digits_checkpoint, digits_int8, tmp
     for path in digits_int8.values():
         report = summary_json(path, tmp_path=tmp_path)
         assert report["macs"] == torch_macs  # the same convolutions, counted from the file's own shapes
-        convs = [r for r in report["layers"] if r["type"] in ("CONV_2D", "Conv")]
+        convs = [r for r in report["layers"] if r["type"] in ("CONV_2D", "Conv", "Convolution")]
         assert len(convs) == 4 and all(r["dtype"] in ("int8", "uint8") for r in convs)
 
 

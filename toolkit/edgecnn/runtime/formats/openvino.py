@@ -22,6 +22,11 @@ CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 PRECISIONS = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "u8": "uint8", "i8": "int8", "i32": "int32",
               "i64": "int64", "u1": "bool", "boolean": "bool"}
 
+# Layers of the compiled model that compute nothing: constants, graph ends, layout and precision changes, and the
+# quantize the plugin fuses into the first layer.
+NOT_COMPUTE = {"Input", "Output", "Const", "Reorder", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Concatenation",
+               "Split", "Gather", "StridedSlice", "Convert", "Pad", "ShapeOf", "Broadcast", "Quantize", "FakeQuantize"}
+
 
 def model_files(path: Path) -> list[Path]:
     return [path, path.with_suffix(".bin")]
@@ -73,7 +78,7 @@ def _runtime_ops(compiled) -> list[OpInfo]:
         if PRECISIONS.get(precision, "").startswith("float") and outputs and all(p in ("u8", "i8") for p in outputs):
             kind = "Quantize"
         where = info.get("originalLayersNames", "").split(",")[0]
-        ops.append(OpInfo(kind, PRECISIONS.get(precision, precision), where))
+        ops.append(OpInfo(kind, PRECISIONS.get(precision, precision), where, compute=kind not in NOT_COMPUTE))
     return ops
 
 

@@ -15,6 +15,10 @@ from edgecnn.runtime.modelfile import CARD_KEY, ModelFile, OpInfo
 
 TFLITE_MAGIC = b"TFL3"
 
+# Ops that only move, re-label or (de)quantize data: their dtype says nothing about where arithmetic happens.
+NOT_COMPUTE = {"RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD", "PADV2", "CONCATENATION", "GATHER", "SLICE", "STRIDED_SLICE",
+               "SPLIT", "SPLIT_V", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "QUANTIZE", "DEQUANTIZE"}
+
 
 def model_files(path: Path) -> list[Path]:
     return [path]
@@ -67,7 +71,8 @@ def read(path: Path) -> ModelFile:
         outs = [tensor(i) for i in op.OutputsAsNumpy().tolist()] if op.OutputsLength() else []
         # The activation input decides the compute type (weights may be int8 while math is float: hybrid ops).
         activation = ins[0]["dtype"] if ins else (outs[0]["dtype"] if outs else "unknown")
-        ops.append(OpInfo(name, activation, _layer_path(outs[0]["name"]) if outs else ""))
+        where = _layer_path(outs[0]["name"]) if outs else ""
+        ops.append(OpInfo(name, activation, where, compute=name not in NOT_COMPUTE))
 
     def io(indices: list[int]) -> list[dict]:
         return [{**{k: v for k, v in tensor(i).items() if k != "buffer"}, **_quantization(graph.Tensors(i))}
