@@ -1,9 +1,10 @@
 """The model file formats edgecnn writes and reads, one registry keyed by file suffix.
 
 Each format is two modules with the same functions, found through its `ModelFormat` entry:
-- runtime side, `edgecnn.runtime.formats.<name>` (torch-free): `model_files(path)`, `read(path) -> ModelFile`,
-  `embed_card(path, card)`, `layers(path) -> list[LayerRow]` and `Engine(path, threads, input_shape)` (which
-  may also run other formats' files: `also_runs`);
+- runtime side, `edgecnn.runtime.formats.<name>` (torch-free unless the format's own runtime needs torch, as
+  ExecuTorch's Python bindings do): `model_files(path)`, `read(path) -> ModelFile` (each op marked compute or
+  not, by the format's own op names), `embed_card(path, card)`, `layers(path) -> list[LayerRow]` and
+  `Engine(path, threads, input_shape)` (which may also run other formats' files: `also_runs`);
 - export side, `edgecnn.export.<name>`: `Builder(source, calibration, scheme, scratch)`.
 
 Adding a format is those two modules, one entry below, and its tests. The modules are imported when a file of
