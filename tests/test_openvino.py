@@ -4,7 +4,9 @@ and `bench`, and refused when either of its two files is damaged."""
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,3 +125,29 @@ def test_missing_extra_is_one_line(digits_checkpoint, tmp_path):
     result = edgecnn_without("openvino", "export", digits_checkpoint, "--format", "openvino", "--out", tmp_path)
     assert_clean_error(result, "pip install 'edgecnn[openvino]'")
     assert not list(tmp_path.iterdir())
+
+
+TELEMETRY = """
+import sys
+from pathlib import Path
+import openvino as ov, openvino_telemetry
+if sys.argv[1] == "edgecnn":
+    from edgecnn.export.openvino import convert
+    convert(Path(sys.argv[2]), Path(sys.argv[3]))
+else:
+    ov.convert_model(sys.argv[2])
+print(openvino_telemetry.Telemetry().consent)
+"""
+
+
+def test_the_converter_sends_no_usage_statistics_unless_opted_in(digits_int8, tmp_path):
+    # A home without OpenVINO's consent file and no CI variables: the converter alone assumes consent.
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")} | {"HOME": str(tmp_path)}
+
+    def consent(who: str) -> str:
+        done = subprocess.run([sys.executable, "-c", TELEMETRY, who, digits_int8["onnx"], tmp_path / "m.xml"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert consent("openvino") == "True" and consent("edgecnn") == "False"

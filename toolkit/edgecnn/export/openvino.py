@@ -16,12 +16,25 @@ from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.export import onnx
 
 
+def _telemetry_only_if_opted_in() -> None:
+    """OpenVINO's converter reports usage to Google Analytics unless its user opted out: with no recorded choice
+    it assumes consent. edgecnn sets the converter's telemetry up first, with the library's own opt-in mode, so
+    that nothing is sent unless the user opted in (`opt_in_out --opt_in`); the converter then reuses that setup."""
+    try:
+        from openvino.tools.ovc import telemetry_utils
+    except ImportError:
+        return
+    telemetry_utils.init_telemetry_class(telemetry_utils.get_tid(), "OVC", telemetry_utils.get_rt_version(), "ga4",
+                                         enable_opt_in_dialog=True, disable_in_ci=True)
+
+
 def convert(onnx_path: Path, path: Path) -> None:
     """Write the IR of an ONNX file: `path` (.xml) and its .bin; weights stay f32 (no f16 compression)."""
     try:
         import openvino as ov
     except ImportError:
         raise EdgeCNNError("--format openvino needs OpenVINO: pip install 'edgecnn[openvino]'") from None
+    _telemetry_only_if_opted_in()
     try:
         model = ov.convert_model(str(onnx_path))
         ov.save_model(model, str(path), compress_to_fp16=False)
