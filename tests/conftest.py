@@ -57,6 +57,22 @@ def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     )
 
 
+def assert_damage_refused(entry: Path, target: Path, count: int, seed: int) -> None:
+    """`count` corrupted copies of `target` (one file of the model at `entry`), each refused by runtime.load, info
+    and bench with a clean error naming `entry`."""
+    from corruption import corruptions
+    from edgecnn.errors import EdgeCNNError
+    from edgecnn.runtime import load
+
+    for kind, copy in corruptions(target.read_bytes(), count, seed=seed):
+        target.write_bytes(copy)
+        with pytest.raises(EdgeCNNError, match=str(entry)):
+            load(entry)
+        for verb in ("info", "bench"):
+            outcome, output = cli_outcome(verb, entry)
+            assert outcome == "clean error", (kind, output)
+
+
 def edgecnn_without(package: str, *args: str):
     """The `edgecnn` CLI in a child process where `package` cannot be imported, as on a machine without it."""
     code = (f"import sys; sys.modules[{package!r}] = None; import importlib.util as u; "

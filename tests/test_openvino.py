@@ -10,9 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli_outcome, edgecnn, edgecnn_without, record
-from corruption import corruptions
-from edgecnn.errors import EdgeCNNError
+from conftest import assert_clean_error, assert_damage_refused, edgecnn, edgecnn_without, record
 from edgecnn.runtime import load
 from edgecnn.runtime.formats import model_files
 from edgecnn.runtime.modelfile import read_model_file
@@ -81,13 +79,7 @@ def test_damage_to_either_file_is_refused(digits_int8, tmp_path, part):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     target = tmp_path / files[0 if part == "xml" else 1].name
     count = 12
-    for kind, copy in corruptions(target.read_bytes() if target.exists() else b"", count, seed=7):
-        target.write_bytes(copy)
-        with pytest.raises(EdgeCNNError, match=str(entry)):
-            load(entry)
-        for verb in ("info", "bench"):
-            outcome, output = cli_outcome(verb, entry)
-            assert outcome == "clean error", (kind, output)
+    assert_damage_refused(entry, target, count, seed=7)
     record(f"corrupted openvino artefacts ({part})", tried=count, refused=count)
 
 

@@ -150,13 +150,10 @@ def _forward(data: bytes) -> tuple:
     return program, plan, steps
 
 
-def _io(plan, indices) -> list[dict]:
-    rows = []
-    for n, i in enumerate(indices):
-        tensor = plan.values[i].val
-        rows.append({"name": f"{'input' if indices is plan.inputs else 'output'}{n}", "shape": list(tensor.sizes),
-                     "dtype": SCALAR_TYPES.get(int(tensor.scalar_type), "unknown")})
-    return rows
+def _io(plan, indices, prefix: str) -> list[dict]:
+    tensors = [plan.values[i].val for i in indices]
+    return [{"name": f"{prefix}{n}", "shape": list(t.sizes), "dtype": SCALAR_TYPES.get(int(t.scalar_type), "unknown")}
+            for n, t in enumerate(tensors)]
 
 
 def read(path: Path) -> ModelFile:
@@ -182,7 +179,8 @@ def read(path: Path) -> ModelFile:
         card = _card(data)
     except ValueError:
         raise EdgeCNNError(f"{path}: its edgecnn model card is not valid JSON (corrupt?)") from None
-    return ModelFile(path, "executorch", ops, _io(plan, plan.inputs), _io(plan, plan.outputs), card)
+    return ModelFile(path, "executorch", ops, _io(plan, plan.inputs, "input"), _io(plan, plan.outputs, "output"),
+                     card)
 
 
 def layers(path: Path) -> list:
