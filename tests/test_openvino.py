@@ -143,3 +143,16 @@ def test_the_converter_sends_no_usage_statistics_unless_opted_in(digits_int8, tm
         return done.stdout.strip().splitlines()[-1]
 
     assert consent("openvino") == "True" and consent("edgecnn") == "False"
+
+
+def test_openvino_runs_the_onnx_file_too(digits_int8, tmp_path):
+    assert load(digits_int8["onnx"], backend="openvino").backend.name == "openvino"
+    report = tmp_path / "bench.json"
+    result = edgecnn("bench", digits_int8["onnx"], "--backend", "onnxruntime", "--backend", "openvino",
+                     "--dataset", "digits", "--eval-samples", "50", "--runs", "10", "--json", report)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert [(r["format"], r["backend"]) for r in rows] == [("onnx", "onnxruntime"), ("onnx", "openvino")]
+    assert rows[1]["accuracy"] > 0.9 and abs(rows[0]["accuracy"] - rows[1]["accuracy"]) <= 0.04  # 2 of 50 images
+    assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--backend", "openvino"),
+                       "none of the backends given (openvino) runs .tflite files")
