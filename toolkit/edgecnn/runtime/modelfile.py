@@ -53,10 +53,6 @@ class ModelFile:
         return [op for op in self.compute_ops if op.dtype in ("int8", "uint8")]
 
 
-def model_format(path: str | Path) -> str:
-    return format_of(path).name
-
-
 def read_model_file(path: str | Path, verify: bool = True) -> ModelFile:
     """Parse a model file's structure; a truncated or foreign file is a clear error. With `verify`, an edgecnn
     artefact whose bytes do not match its content hash (or its .sha256 sidecar) is refused."""
