@@ -178,3 +178,39 @@ def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
     out = build_once(tmp_path_factory, "digits-int8", make)
     return {"tflite": out / "tinycnn_int8.tflite", "onnx": out / "tinycnn_int8.onnx",
             "openvino": out / "tinycnn_int8.xml"}
+
+
+TEACHER = ROOT.parent / "shared" / "assets" / "ssdlite_person"
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> dict[str, Path]:
+    """The real SSDLite person detector in ../shared, adopted (fp32 and int8 .tflite), as a user would."""
+    if not TEACHER.is_dir():
+        pytest.skip(f"the person detector is not here ({TEACHER}: ../shared is absent)")
+
+    def make(out: Path) -> Path:
+        (out / "person.txt").write_text("person\n")
+        for precision in ("fp32", "int8"):
+            result = edgecnn("adopt", TEACHER / f"ssdlite_person_{precision}.tflite", "--task", "detect",
+                             "--labels", out / "person.txt", "--anchors", TEACHER / "anchors.npy",
+                             "--input-range", "-1,1", "--out", out / f"teacher_{precision}.tflite")
+            assert result.returncode == 0, result.stderr
+        return out
+
+    folder = build_once(tmp_path_factory, "teacher", make)
+    return {"fp32": folder / "teacher_fp32.tflite", "int8": folder / "teacher_int8.tflite", "labels": folder / "person.txt"}
+
+
+def video_frame(path: Path, index: int):
+    import cv2
+
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (Debian's opencv-doc)")
+    capture = cv2.VideoCapture(str(path))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok, f"{path}: no frame {index}"
+    return frame

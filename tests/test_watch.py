@@ -158,7 +158,7 @@ def test_classifier_refuses_frames_it_cannot_take(digits_int8):
 def test_integer_inputs_need_quantization_or_raw_pixels():
     from edgecnn.preprocess import Preprocess
     from edgecnn.runtime.backends import TensorSpec
-    from edgecnn.runtime.classifier import input_lut
+    from edgecnn.runtime.model import input_lut
 
     raw = input_lut(Preprocess(8, mean=(0, 0, 0), std=(1, 1, 1)), TensorSpec("x", (1, 8, 8, 3), np.dtype(np.uint8)))
     assert (raw == np.arange(256)).all()  # a uint8 model without scales takes the pixels as they are

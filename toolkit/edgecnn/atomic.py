@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import EdgeCNNError
+from edgecnn.runtime.formats import model_files
+from edgecnn.runtime.integrity import sidecar_path, sidecar_text
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it: put it back at once (import time, one thread)
@@ -88,3 +91,21 @@ def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def install_model(work: Path, final: Path, sidecar: bool) -> str:
+    """Give the verified model its final name (atomic and durable per file; the entry file last, so a reader
+    never finds it beside old weights); returns the sha256 of what was verified (all its files, in order),
+    hashed before the rename. An old sidecar goes first: a stale one beside the new file would call it corrupt,
+    while a missing one only leaves the embedded hash to check."""
+    pairs = list(zip(model_files(work), model_files(final), strict=True))
+    parts = {target: source.read_bytes() for source, target in pairs}
+    sidecar_path(final).unlink(missing_ok=True)
+    for source, target in reversed(pairs):
+        with open(source, "rb+") as f:
+            os.fsync(f.fileno())
+        source.replace(target)
+    fsync_dir(final.parent)
+    if sidecar:
+        write_bytes(sidecar_path(final), sidecar_text(parts).encode())
+    return hashlib.sha256(b"".join(parts.values())).hexdigest()

@@ -19,6 +19,7 @@ from edgecnn.errors import EdgeCNNError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("area", "linear")
 MAX_IMG_SIZE = 4096  # input side in pixels; beyond it a single image takes ~200 MB as float
 # Above this many output phases on an axis, the per-phase OpenCV calls of `area_resize` cost about as much as
 # OpenCV's own INTER_AREA loop or more (measured, to 224: 300 px, 56 phases, 0.72 against 0.73 ms; 226 px, 112
@@ -38,6 +39,9 @@ class Preprocess:
     # None stretches the whole frame to the square.
     crop: float | None = None
     layout: str = field(default="NCHW")
+    # How a frame shrinks to the input: "area" (the antialiased resize edgecnn trains with) or "linear"
+    # (bilinear, as TensorFlow's detection and MediaPipe models were trained: their scores drop with another).
+    interpolation: str = "area"
 
     def __post_init__(self) -> None:
         # Every entry point (recipes, checkpoints, model cards, runtime.load, watch --mean/--std) builds one of
@@ -50,6 +54,8 @@ class Preprocess:
                 raise EdgeCNNError(f"{name} {list(values)}: expected {rule} (r, g, b)")
         if self.crop is not None and not 0 < self.crop <= 1:
             raise EdgeCNNError(f"crop {self.crop}: expected a fraction of the shorter side in (0, 1]")
+        if self.interpolation not in INTERPOLATIONS:
+            raise EdgeCNNError(f"interpolation {self.interpolation!r}: expected {' or '.join(INTERPOLATIONS)}")
         if self.color not in ("RGB", "BGR") or self.layout not in ("NCHW", "NHWC"):
             raise EdgeCNNError(f"colour {self.color!r} / layout {self.layout!r}: expected RGB or BGR / NCHW or NHWC")
 
@@ -68,6 +74,7 @@ class Preprocess:
                 color=str(d.get("color", "RGB")),
                 crop=None if d.get("crop") is None else float(d["crop"]),
                 layout=str(d.get("layout", "NCHW")),
+                interpolation=str(d.get("interpolation", "area")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeCNNError(f"preprocessing record is malformed ({type(e).__name__}: {e})") from None
@@ -90,7 +97,7 @@ def resize_image(image: np.ndarray, pre: Preprocess, color: str = "RGB") -> np.n
     h, w = image.shape[:2]
     size = pre.img_size
     if (h, w) != (size, size):
-        if h > size and w > size:
+        if h > size and w > size and pre.interpolation == "area":
             image = area_resize(image, size, size)
         else:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)

@@ -239,7 +239,7 @@ def folder_held_out(folder: Path, limit: int) -> HeldOut:
 def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
     """The held-out images as this model's input tensors (its size, layout, normalisation, quantization)."""
     from edgecnn.preprocess import resize_image
-    from edgecnn.runtime.classifier import InputPipeline, model_preprocess
+    from edgecnn.runtime.model import InputPipeline, model_preprocess
 
     target = folder / f"inputs-{abs(hash((str(variant.model), variant.input_shape)))}.npy"
     if target.exists():

@@ -97,21 +97,16 @@ def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 0) -> np.n
     return rng.standard_normal(shape).astype(dtype)
 
 
-def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    raw = raw.astype(np.float32)
-    return (raw - zero_point) * scale if scale else raw
-
-
 def run_samples(backend, samples: np.ndarray, batch: int) -> np.ndarray:
     """Float outputs of every prepared sample, `batch` at a time (the model's fixed batch size)."""
-    out = backend.output
+    out = backend.outputs[0]
     chunks = []
     for start in range(0, len(samples), batch):
         x = samples[start : start + batch]
         short = batch - len(x)
         if short:  # a fixed-batch model gets the last partial batch padded, and the padding dropped
             x = np.concatenate([x, np.repeat(x[-1:], short, axis=0)])
-        chunks.append(dequantize(backend.run(x), out.scale, out.zero_point)[: batch - short])
+        chunks.append(out.dequantize(backend.run(x)[0])[: batch - short])
     return np.concatenate(chunks)
 
 

@@ -13,6 +13,7 @@ import sys
 import click
 
 from edgecnn import __version__
+from edgecnn.cli.adopt import adopt
 from edgecnn.cli.bench import bench, device
 from edgecnn.cli.export import export_cmd
 from edgecnn.cli.inspect import info, summary
@@ -24,10 +25,10 @@ from edgecnn.errors import EdgeCNNError, printable, shorten
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgecnn")
 def cli() -> None:
-    """edgecnn: train compact image classifiers and ship them as verified int8 .tflite/.onnx files."""
+    """edgecnn: train compact image classifiers and detectors and ship them as verified int8 .tflite/.onnx files."""
 
 
-for command in (run, train_cmd, eval_cmd, prune, export_cmd, bench, watch, summary, info, device):
+for command in (run, train_cmd, eval_cmd, prune, export_cmd, bench, watch, summary, info, device, adopt):
     cli.add_command(command)
 
 

@@ -10,8 +10,6 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
-import hashlib
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,14 +20,13 @@ import torch
 from rich.console import Console
 
 from edgecnn import __version__
-from edgecnn.atomic import exclusive_folder, fsync_dir, write_bytes
+from edgecnn.atomic import exclusive_folder, install_model
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
 from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
-from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_files, model_size
-from edgecnn.runtime.integrity import sidecar_path, sidecar_text
+from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_size
 from edgecnn.runtime.modelfile import embed_card
 from edgecnn.signals import Interrupts, interruptible
 
@@ -110,11 +107,11 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     return {
         "edgecnn_version": __version__,
         "card_version": 2,  # 2: sealed with a content hash
-        "task": "image-classification",
+        "task": "classify",
         "labels": source.labels,
         "preprocess": {**source.pre.to_dict(), "layout": FORMATS[fmt].layout},
         "input": {**_tensor_card(backend.input), "layout": FORMATS[fmt].layout},
-        "output": {**_tensor_card(backend.output), "kind": "logits"},
+        "output": {**_tensor_card(backend.outputs[0]), "kind": "logits"},
         "source": {"model": source.name, "width": source.width, "dataset": source.dataset, "from": source.origin,
                    "recipe_hash": source.recipe_hash, "macs": source.macs},
         "quantization": {
@@ -217,7 +214,7 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         with interrupts.deferred():
             for artefact, work in verified:
                 try:
-                    artefact.sha256 = install(work, Path(artefact.path), options.sidecar)
+                    artefact.sha256 = install_model(work, Path(artefact.path), options.sidecar)
                 except (OSError, EdgeCNNError) as e:  # a disk that filled up at the last moment
                     artefact.status = "export failed"
                     artefact.error = str(e) if isinstance(e, EdgeCNNError) else f"cannot write {artefact.path}: {e}"
@@ -284,24 +281,6 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
     builder.candidate = choice.chosen
     trial.unlink(missing_ok=True)
     return choice
-
-
-def install(work: Path, final: Path, sidecar: bool) -> str:
-    """Give the verified model its final name (atomic and durable per file; the entry file last, so a reader
-    never finds it beside old weights); returns the sha256 of what was verified (all its files, in order),
-    hashed before the rename. An old sidecar goes first: a stale one beside the new file would call it corrupt,
-    while a missing one only leaves the embedded hash to check."""
-    pairs = list(zip(model_files(work), model_files(final), strict=True))
-    parts = {target: source.read_bytes() for source, target in pairs}
-    sidecar_path(final).unlink(missing_ok=True)
-    for source, target in reversed(pairs):
-        with open(source, "rb+") as f:
-            os.fsync(f.fileno())
-        source.replace(target)
-    fsync_dir(final.parent)
-    if sidecar:
-        write_bytes(sidecar_path(final), sidecar_text(parts).encode())
-    return hashlib.sha256(b"".join(parts.values())).hexdigest()
 
 
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,

@@ -1,6 +1,7 @@
 """Inference engines behind one small interface; each format's module (edgecnn.runtime.formats) has its `Engine`.
 
-A backend runs one raw input tensor and returns the raw output: it knows nothing of images or labels.
+A backend runs one raw input tensor and returns every raw output, in the model's order: it knows nothing of
+images, labels or boxes (the task does: `edgecnn.runtime.tasks`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale != 0.0
 
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """This tensor's raw values as float32 (int8 outputs through their scale and zero point)."""
+        raw = raw.astype(np.float32)
+        return (raw - self.zero_point) * self.scale if self.quantized else raw
+
 
 # One input sample larger than this is a damaged or hostile file, not a model for a small device: refused before
 # anything allocates it (a declared 1×3×100000×100000 input asked for 224 GiB).
@@ -45,9 +51,9 @@ def check_input_size(path: Path, spec: TensorSpec, shape: tuple[int, ...] | None
 class Backend(Protocol):
     name: str
     input: TensorSpec
-    output: TensorSpec
+    outputs: list[TensorSpec]
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
 
 
 def load_backend(path: str | Path, threads: int | None = None, input_shape: tuple[int, ...] | None = None,

@@ -91,6 +91,26 @@ def _tensor(v) -> bool:
         and isinstance(v.get("zero_point"), int)
 
 
+def _fraction(v) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+# What a detector card may say (edgecnn.runtime.detector decodes by it).
+BOX_ORDERS = ("yxhw", "xywh")  # of the box encodings: TF Object Detection API; torchvision
+SCORE_FUNCTIONS = ("sigmoid", "softmax")
+FITS = ("stretch", "letterbox")  # how a frame is made square: stretched, or centred between bars
+
+
+def _detect(v) -> bool:
+    coding = v.get("coding") if isinstance(v, dict) else None
+    return isinstance(coding, dict) and isinstance(coding.get("anchors"), dict) \
+        and isinstance(coding["anchors"].get("count"), int) and isinstance(coding["anchors"].get("float32"), str) \
+        and coding.get("order") in BOX_ORDERS and isinstance(coding.get("scales"), list) \
+        and len(coding["scales"]) == 4 and all(_number(x) and x > 0 for x in coding["scales"]) \
+        and v.get("score") in SCORE_FUNCTIONS and isinstance(v.get("background"), bool) and v.get("fit") in FITS \
+        and _fraction(v.get("min_score")) and _fraction(v.get("nms_iou")) and isinstance(v.get("outputs"), dict)
+
+
 # What the runtime and `edgecnn info` read from a card, and the shape each must have. A sealed card always has
 # it; a card read with --no-verify may not, and must then be an error, not a KeyError deep in the runtime.
 CARD_FIELDS = {
@@ -99,9 +119,9 @@ CARD_FIELDS = {
     "preprocess": lambda v: isinstance(v, dict) and isinstance(v.get("img_size"), int) and v["img_size"] > 0
     and all(isinstance(v.get(k), list) and len(v[k]) == 3 and all(map(_number, v[k])) for k in ("mean", "std"))
     and v.get("color") in ("RGB", "BGR") and v.get("layout") in ("NHWC", "NCHW")
-    and (v.get("crop") is None or _number(v["crop"]) and 0 < v["crop"] <= 1),
+    and (v.get("crop") is None or _number(v["crop"]) and 0 < v["crop"] <= 1)
+    and v.get("interpolation", "area") in ("area", "linear"),
     "input": _tensor,
-    "output": _tensor,
     "source": lambda v: isinstance(v, dict) and all(k in v for k in ("model", "width", "dataset", "from",
                                                                      "recipe_hash")),
     "quantization": lambda v: isinstance(v, dict) and isinstance(v.get("float_layers"), list)
@@ -109,13 +129,31 @@ CARD_FIELDS = {
     and (v.get("calibration") is None or isinstance(v["calibration"], dict) and "samples" in v["calibration"]
          and "images" in v["calibration"]),
 }
+# What each task adds: a classifier's one logits tensor; a detector's anchors, box coding and thresholds.
+TASK_FIELDS = {
+    "classify": {"output": _tensor},
+    "detect": {"detect": _detect},
+}
+# Cards written before detection existed name classification this way.
+TASK_ALIASES = {"image-classification": "classify"}
+
+
+def task_of(card: dict | None) -> str:
+    """The task a card names; a file without a card is taken for a classifier (the only task such a file can be
+    used for without anchors)."""
+    task = (card or {}).get("task", "classify")
+    return TASK_ALIASES.get(task, task)
 
 
 def card_problem(card) -> str | None:
     """The first card field that is missing or malformed, or None."""
     if not isinstance(card, dict):
         return "not a JSON object"
-    return next((f"field '{k}'" for k, ok in CARD_FIELDS.items() if not ok(card.get(k))), None)
+    task = task_of(card)
+    if task not in TASK_FIELDS:
+        return f"field 'task' ({task!r} is not one of {', '.join(TASK_FIELDS)})"
+    fields = {**CARD_FIELDS, **TASK_FIELDS[task]}
+    return next((f"field '{k}'" for k, ok in fields.items() if not ok(card.get(k))), None)
 
 
 def embed_card(path: Path, card: dict) -> None:

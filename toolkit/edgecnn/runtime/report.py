@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgecnn.errors import printable
-from edgecnn.runtime.modelfile import ModelFile
+from edgecnn.runtime.modelfile import ModelFile, task_of
 
 
 def shown(value: object) -> str:
@@ -63,12 +63,22 @@ def print_model_summary(console: Console, summary: dict) -> None:
         add_row("card", "none: not an edgecnn export (preprocessing must be given to the runtime)")
     else:
         pre, src, quant = card["preprocess"], card["source"], card["quantization"]
+        add_row("task", task_of(card))
         add_row("labels", f"{len(card['labels'])}: {', '.join(card['labels'][:10])}"
                 + (" ..." if len(card["labels"]) > 10 else ""))
         crop = "whole frame" if pre["crop"] is None else f"centre crop {pre['crop']:g} of the shorter side"
-        add_row("preprocess", f"{crop} → {pre['img_size']}×{pre['img_size']} {pre['color']} {pre['layout']}, "
+        add_row("preprocess", f"{crop} → {pre['img_size']}×{pre['img_size']} ({pre.get('interpolation', 'area')}) "
+                              f"{pre['color']} {pre['layout']}, "
                               f"mean {pre['mean']}, std {pre['std']}")
+        if "detect" in card:
+            d = card["detect"]
+            add_row("detection", f"{d['coding']['anchors']['count']} anchors, boxes {d['coding']['order']} / "
+                                 f"{d['coding']['scales']}, {d['score']} scores"
+                                 f"{' (column 0 background)' if d['background'] else ''}, {d['fit']} frames, "
+                                 f"score ≥ {d['min_score']}, NMS IoU {d['nms_iou']}")
         for kind in ("input", "output"):
+            if kind not in card:
+                continue
             t = card[kind]
             q = f", scale {t['scale']:.6g}, zero point {t['zero_point']}" if t["scale"] else ""
             add_row(f"{kind} tensor", f"{t['dtype']}{q}")

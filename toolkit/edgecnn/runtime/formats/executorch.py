@@ -216,6 +216,10 @@ def layers(path: Path) -> list:
     return rows
 
 
+def _spec(name: str, meta) -> TensorSpec:
+    return TensorSpec(name, tuple(meta.sizes()), np.dtype(SCALAR_TYPES.get(int(meta.dtype()), "float32")))
+
+
 class Engine:
     name = "executorch"
 
@@ -234,17 +238,16 @@ class Engine:
                 raise EdgeCNNError(f"{path}: ExecuTorch cannot load it: {first_line(e)}") from None
         self._torch = torch
         meta = self._method.metadata
-        spec = meta.input_tensor_meta(0)
-        self.input = TensorSpec("input0", tuple(spec.sizes()), np.dtype(SCALAR_TYPES.get(int(spec.dtype()), "float32")))
+        self.input = _spec("input0", meta.input_tensor_meta(0))
         check_input_size(path, self.input, input_shape)
         if input_shape is not None and tuple(input_shape) != self.input.shape:
             raise EdgeCNNError(f"{path}: an ExecuTorch program's input shape is fixed at {self.input.shape}; "
                                f"{tuple(input_shape)} needs another export")
-        out = meta.output_tensor_meta(0)
-        self.output = TensorSpec("output0", tuple(out.sizes()), np.dtype(SCALAR_TYPES.get(int(out.dtype()), "float32")))
+        self.outputs = [_spec(f"output{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
         try:
-            return self._method.execute([self._torch.from_numpy(np.ascontiguousarray(x))])[0].numpy().copy()
+            outputs = self._method.execute([self._torch.from_numpy(np.ascontiguousarray(x))])
+            return [out.numpy().copy() for out in outputs]
         except (RuntimeError, ValueError) as e:
             raise EdgeCNNError(f"{self.path}: ExecuTorch cannot run it: {first_line(e)}") from None

@@ -179,7 +179,7 @@ class Engine:
         except Exception as e:
             raise EdgeCNNError(f"{path}: onnxruntime cannot load it: {shorten(str(e), 200)}") from None
         self.input = self._spec(self._session.get_inputs()[0], input_shape)
-        self.output = self._spec(self._session.get_outputs()[0])
+        self.outputs = [self._spec(arg) for arg in self._session.get_outputs()]
         check_input_size(path, self.input)
 
     @staticmethod
@@ -191,9 +191,9 @@ class Engine:
         shape = shape or tuple(d if isinstance(d, int) else -1 for d in arg.shape)
         return TensorSpec(arg.name, tuple(shape), np.dtype(dtypes[arg.type]))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
         try:
-            return self._session.run(None, {self.input.name: x})[0]
+            return self._session.run(None, {self.input.name: x})
         except Exception as e:  # onnxruntime's own error types (Fail, InvalidArgument, ...): a damaged graph
             raise EdgeCNNError(f"{self.path}: onnxruntime cannot run it: {first_line(e)}") from None
 

@@ -164,13 +164,13 @@ class Engine:
             self.input = TensorSpec(self.input.name, tuple(input_shape), self.input.dtype)
         self._compiled = _compile(model, threads, path)
         self._request = self._compiled.create_infer_request()
-        out = self._compiled.outputs[0]
-        self.output = TensorSpec(out.get_any_name() if out.get_names() else "output",
-                                 tuple(_shape(out.get_partial_shape())), np.dtype(out.get_element_type().to_dtype()))
+        self.outputs = [TensorSpec(out.get_any_name() if out.get_names() else f"output{i}",
+                                   tuple(_shape(out.get_partial_shape())), np.dtype(out.get_element_type().to_dtype()))
+                        for i, out in enumerate(self._compiled.outputs)]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
         try:
             self._request.infer({0: x})
         except (RuntimeError, ValueError) as e:
             raise EdgeCNNError(f"{self.path}: OpenVINO cannot run it: {first_line(e)}") from None
-        return self._request.get_output_tensor(0).data.copy()
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]

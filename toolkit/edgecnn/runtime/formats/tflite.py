@@ -210,8 +210,9 @@ class Engine:
         except (ValueError, RuntimeError) as e:
             raise EdgeCNNError(f"{path}: the TFLite runtime cannot load it: {str(e).strip().splitlines()[0]}") from None
         self._in = self._interpreter.get_input_details()[0]
-        self._out = self._interpreter.get_output_details()[0]
-        self.input, self.output = self._spec(self._in), self._spec(self._out)
+        self._out = [d["index"] for d in self._interpreter.get_output_details()]
+        self.input = self._spec(self._in)
+        self.outputs = [self._spec(d) for d in self._interpreter.get_output_details()]
 
     @staticmethod
     def _spec(detail: dict) -> TensorSpec:
@@ -219,12 +220,12 @@ class Engine:
         shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
         return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]), float(scale), int(zero_point))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
         try:
             self._interpreter.set_tensor(self._in["index"], x)
             self._interpreter.invoke()
         except (ValueError, RuntimeError) as e:  # a damaged file (--no-verify) can load and still not run
             raise EdgeCNNError(f"{self.path}: the TFLite runtime cannot run it: {first_line(e)}") from None
-        return self._interpreter.get_tensor(self._out["index"])
+        return [self._interpreter.get_tensor(i) for i in self._out]
 
 
