@@ -200,7 +200,8 @@ def teacher(tmp_path_factory) -> dict[str, Path]:
         return out
 
     folder = build_once(tmp_path_factory, "teacher", make)
-    return {"fp32": folder / "teacher_fp32.tflite", "int8": folder / "teacher_int8.tflite", "labels": folder / "person.txt"}
+    return {"fp32": folder / "teacher_fp32.tflite", "int8": folder / "teacher_int8.tflite",
+            "labels": folder / "person.txt"}
 
 
 def video_frame(path: Path, index: int):

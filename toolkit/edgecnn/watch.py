@@ -1,8 +1,9 @@
-"""`edgecnn watch`: classify a video file, camera or stream as it plays; alert on labels; save what it saw.
+"""`edgecnn watch`: run a classifier or a detector on a video file, camera or stream as it plays; alert, count,
+save what it saw.
 
-The pieces, each small: `FrameSource` (capture thread, newest frame, reconnects) feeds `watch()`, which runs the
-classifier on each frame it takes (optionally every N-th, at most F per second, inside a region of interest),
-passes the prediction to `AlertTracker` (debounced events), `EventLog` (one JSON line per event, each flushed to
+The pieces, each small: `FrameSource` (capture thread, newest frame, reconnects) feeds `run_watch()`, which hands
+each frame it takes (optionally every N-th, at most F per second) to the model's watcher (`edgecnn.watchers`:
+what the task makes of a frame, and its events), then to `EventLog` (one JSON line per event, each flushed to
 disk whole, with a snapshot JPEG), the annotated `--save` video and `PipelineStats`. Torch-free.
 """
 
@@ -24,21 +25,26 @@ import numpy as np
 from edgecnn.atomic import write_bytes, write_json
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime.capture import FrameSource, opencv_path
-from edgecnn.runtime.classifier import Classifier, Prediction
-from edgecnn.runtime.report import shown
+from edgecnn.runtime.classifier import Classifier
+from edgecnn.runtime.detector import Detector
+from edgecnn.scene import Line, Zone
+from edgecnn.watchers import ClassifyWatcher, DetectWatcher, Region
 
 STATS_EVERY_S = 2.0
 
 
 @dataclass
 class WatchOptions:
-    every: int = 1  # classify every N-th captured frame
+    every: int = 1  # run the model on every N-th captured frame
     max_fps: float | None = None
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in frame pixels
-    max_frames: int | None = None  # stop after classifying this many frames
-    alert_labels: tuple[str, ...] = ()
+    max_frames: int | None = None  # stop after this many frames went through the model
+    alert_labels: tuple[str, ...] = ()  # labels, or label@zone with a detector
     threshold: float = 0.5
     min_frames: int = 3  # consecutive frames a label must hold before it is an event
+    zones: list[Zone] = field(default_factory=list)  # detector only
+    lines: list[Line] = field(default_factory=list)  # detector only
+    min_score: float | None = None  # detector only: instead of its card's
     events: Path | None = None
     save: Path | None = None
     show: bool = False
@@ -55,44 +61,6 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise EdgeCNNError(f"--roi {text}: x and y must be ≥ 0, width and height > 0")
     return x, y, w, h
-
-
-def crop(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    if roi is None:
-        return image
-    x, y, w, h = roi
-    height, width = image.shape[:2]
-    if x >= width or y >= height:
-        raise EdgeCNNError(f"--roi {x},{y},{w},{h} lies outside the {width}×{height} frame")
-    return image[y : min(y + h, height), x : min(x + w, width)]
-
-
-class AlertTracker:
-    """A label becomes an event once it is the top-1 with score ≥ threshold for `min_frames` classified frames
-    in a row; it fires again only after it has been absent for `min_frames` frames (debounce)."""
-
-    def __init__(self, labels: tuple[str, ...], threshold: float, min_frames: int):
-        self.labels, self.threshold, self.min_frames = set(labels), threshold, min_frames
-        self.streak: dict[str, int] = {}
-        self.absent: dict[str, int] = {}
-        self.active: set[str] = set()
-
-    def update(self, prediction: Prediction) -> str | None:
-        hit = prediction.label if prediction.label in self.labels and prediction.score >= self.threshold else None
-        fired = None
-        for label in self.labels:
-            if label == hit:
-                self.streak[label] = self.streak.get(label, 0) + 1
-                self.absent[label] = 0
-                if self.streak[label] >= self.min_frames and label not in self.active:
-                    self.active.add(label)
-                    fired = label
-            else:
-                self.streak[label] = 0
-                self.absent[label] = self.absent.get(label, 0) + 1
-                if self.absent[label] >= self.min_frames:
-                    self.active.discard(label)
-        return fired
 
 
 class EventLog:
@@ -139,8 +107,8 @@ def _safe(label: str) -> str:
 @dataclass
 class PipelineStats:
     processed: int = 0
-    bad_frames: int = 0  # frames the classifier could not take (shape, dtype): skipped and counted
-    first_bad: str | None = None  # why the first of them could not be classified
+    bad_frames: int = 0  # frames the model could not take (shape, dtype): skipped and counted
+    first_bad: str | None = None  # why the first of them could not be prepared
     skipped: int = 0  # left out on purpose by --every / --max-fps
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # capture → result, recent
     started: float = field(default_factory=time.monotonic)
@@ -155,7 +123,7 @@ class PipelineStats:
     def summary(self, source: FrameSource, events: int) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
         return {
-            "source": source.source, "frames_captured": source.stats.captured, "frames_classified": self.processed,
+            "source": source.source, "frames_captured": source.stats.captured, "frames_processed": self.processed,
             "frames_dropped": source.stats.dropped, "frames_skipped": self.skipped, "bad_frames": self.bad_frames,
             "reconnects": source.stats.reconnects, "capture_fps": round(source.stats.fps, 2),
             "inference_fps": round(self.inference_fps, 2),
@@ -163,21 +131,6 @@ class PipelineStats:
                                                     "p90": float(np.percentile(lat, 90))},
             "events": events, "seconds": round(time.monotonic() - self.started, 2),
         }
-
-
-def annotate(image: np.ndarray, prediction: Prediction | None, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if roi is not None:
-        x, y, w, h = roi
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 255), 2)
-    if prediction is not None:
-        text = f"{prediction.label} {prediction.score:.2f}"
-        # White on a solid box: a thick black outline under thin text filled the letters' insides on small frames.
-        font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, min(out.shape[:2]) / 480 * 0.7)
-        (width, height), baseline = cv2.getTextSize(text, font, scale, 1)
-        cv2.rectangle(out, (4, 4), (12 + width, 12 + height + baseline), (0, 0, 0), cv2.FILLED)
-        cv2.putText(out, text, (8, 8 + height), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
 
 
 class VideoOutput:
@@ -221,18 +174,34 @@ def _display_available() -> bool:
     return bool(gui) and bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, stop: threading.Event,
-              report=None) -> dict:
-    """Run the pipeline on a file path, camera index or stream URL until the source ends, `max_frames` are
-    classified or `stop` is set; returns the stats. `report(line)` receives a status line every few seconds."""
+def watcher_for(model: Classifier | Detector, options: WatchOptions,
+                classifier: Classifier | None = None) -> ClassifyWatcher | DetectWatcher:
+    """The watcher of the model's task; `classifier` runs on each detection's crop (detect → classify)."""
+    region = Region(options.roi)
+    if isinstance(model, Detector):
+        if options.min_score is not None:
+            model.min_score = options.min_score
+        return DetectWatcher(model, region, options.alert_labels, options.threshold, options.min_frames,
+                             options.zones, options.lines, classifier)
+    if options.zones or options.lines or classifier or options.min_score is not None:
+        raise EdgeCNNError("--zone, --line, --classify and --min-score need a detector; this model is a classifier")
+    return ClassifyWatcher(model, region, options.alert_labels, options.threshold, options.min_frames)
+
+
+def run_watch(source_spec: str, model: Classifier | Detector, options: WatchOptions, stop: threading.Event,
+              report=None, classifier: Classifier | None = None) -> dict:
+    """Run the pipeline on a file path, camera index or stream URL until the source ends, `max_frames` went
+    through the model or `stop` is set; returns the stats. `report(line)` receives a status line every few
+    seconds."""
+    watcher = watcher_for(model, options, classifier)
+
     # Cropping, resizing and the lookup table run on the capture thread, overlapping inference; frames that
     # --every leaves out are not prepared at all.
     def prepare(image: np.ndarray, index: int):
-        return None if index % options.every else classifier.prepare(crop(image, options.roi))
+        return None if index % options.every else watcher.prepare(image)
 
     source = FrameSource(source_spec, realtime=options.realtime, give_up_after=options.give_up_after,
                          prepare=prepare, stop=stop)
-    tracker = AlertTracker(options.alert_labels, options.threshold, options.min_frames)
     events = EventLog(options.events) if options.events else None
     stats = PipelineStats()
     show = options.show and _display_available()
@@ -241,7 +210,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
     video: VideoOutput | None = None
     last_status = time.monotonic()
     min_gap = 1.0 / options.max_fps if options.max_fps else 0.0
-    last_classified = 0.0
+    last_processed = 0.0
     failed = True
     try:
         with source:
@@ -255,31 +224,31 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                 if frame is None:
                     break
                 now = time.monotonic()
-                if frame.index % options.every or now - last_classified < min_gap:
+                if frame.index % options.every or now - last_processed < min_gap:
                     stats.skipped += 1
                     if video:
-                        video.write(annotate(frame.image, None, options.roi))
+                        video.write(watcher.draw(frame.image, fresh=False))
                     continue
-                last_classified = now
+                last_processed = now
                 if frame.error is not None:
                     if options.roi and stats.processed == 0 and stats.bad_frames == 0:
                         raise EdgeCNNError(frame.error)  # an ROI outside the frame: the user's mistake
                     stats.bad_frames += 1
                     stats.first_bad = stats.first_bad or frame.error
                     continue
-                prediction = classifier.predict_prepared(frame.prepared)
+                happened = watcher.observe(frame.image, frame.prepared, _stream_seconds(source, frame))
                 done = time.monotonic()
                 stats.processed += 1
                 stats.first_result = stats.first_result or done
                 stats.last_result = done
                 stats.latencies_ms.append((done - frame.captured) * 1000)
-                fired = tracker.update(prediction)
-                if fired and events:
-                    events.write({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                                  "label": fired, "score": round(prediction.score, 4), "frame": frame.index,
-                                  "source": source.source}, frame.image)
+                if events:
+                    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                    for event in happened:
+                        events.write({"time": stamp, **event, "frame": frame.index, "source": source.source},
+                                     frame.image)
                 if video or show:
-                    annotated = annotate(frame.image, prediction, options.roi)
+                    annotated = watcher.draw(frame.image)
                     if video:
                         video.write(annotated)
                     if show:
@@ -289,7 +258,7 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
                 if report and done - last_status >= STATS_EVERY_S:
                     last_status = done
                     s = stats.summary(source, events.count if events else 0)
-                    report(f"{shown(prediction.label)} {prediction.score:.2f} | capture {s['capture_fps']:.1f} fps, "
+                    report(f"{watcher.status()} | capture {s['capture_fps']:.1f} fps, "
                            f"inference {s['inference_fps']:.1f} fps, dropped {s['frames_dropped']}, "
                            f"latency p50 {s['latency_ms']['p50']:.1f} ms, events {s['events']}")
                 if options.max_frames and stats.processed >= options.max_frames:
@@ -302,18 +271,26 @@ def run_watch(source_spec: str, classifier: Classifier, options: WatchOptions, s
             video.close(keep=not failed)
         if show:
             cv2.destroyAllWindows()
-    summary = stats.summary(source, events.count if events else 0)
+    summary = {**stats.summary(source, events.count if events else 0), **watcher.counts()}
     if options.stats_json:
         write_json(options.stats_json, summary)
     if source.error:
         raise EdgeCNNError(source.error)
     if stats.processed == 0 and not stop.is_set():
-        raise EdgeCNNError(_nothing_classified(source_spec, source.stats.captured, stats))
+        raise EdgeCNNError(_nothing_processed(source_spec, source.stats.captured, stats))
     return summary
 
 
-def _nothing_classified(source: str, captured: int, stats: PipelineStats) -> str:
+def _stream_seconds(source: FrameSource, frame) -> float:
+    """When the frame was filmed, in seconds from the start: a file's own clock (its frame rate), so dwell times
+    do not depend on how fast this machine plays it; a camera's or stream's arrival time."""
+    if source.kind == "file" and source.fps > 0:
+        return frame.index / source.fps
+    return frame.captured - source.stats.started
+
+
+def _nothing_processed(source: str, captured: int, stats: PipelineStats) -> str:
     if captured == 0:
         return f"{source}: no frame could be read (an empty or undecodable video?)"
-    return (f"{source}: none of {captured} frames could be classified ({stats.bad_frames} bad); the first: "
+    return (f"{source}: none of {captured} frames could be processed ({stats.bad_frames} bad); the first: "
             f"{stats.first_bad}")

@@ -17,6 +17,7 @@ from edgecnn.cli.adopt import adopt
 from edgecnn.cli.bench import bench, device
 from edgecnn.cli.export import export_cmd
 from edgecnn.cli.inspect import info, summary
+from edgecnn.cli.label import label
 from edgecnn.cli.training import eval_cmd, prune, run, train_cmd
 from edgecnn.cli.watch import watch
 from edgecnn.errors import EdgeCNNError, printable, shorten
@@ -28,7 +29,7 @@ def cli() -> None:
     """edgecnn: train compact image classifiers and detectors and ship them as verified int8 .tflite/.onnx files."""
 
 
-for command in (run, train_cmd, eval_cmd, prune, export_cmd, bench, watch, summary, info, device, adopt):
+for command in (run, train_cmd, eval_cmd, prune, export_cmd, bench, watch, summary, info, device, adopt, label):
     cli.add_command(command)
 
 
