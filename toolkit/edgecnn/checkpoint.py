@@ -17,6 +17,7 @@ from edgecnn import __version__
 from edgecnn.atomic import atomic_path
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model
+from edgecnn.models.ssdlite import DETECTORS, build_detector
 from edgecnn.preprocess import Preprocess
 
 FORMAT = "edgecnn-checkpoint/1"
@@ -37,10 +38,18 @@ class Checkpoint:
     recipe_hash: str | None = None
     # Layer shapes (edgecnn.prune.layer_shapes) for pruned models; None for the registry's own shapes.
     structure: dict[str, list[int]] | None = None
+    val_dataset: str | None = None  # a detector's held-out dataset (a classifier's dataset has its own split)
+
+    @property
+    def task(self) -> str:
+        return "detect" if self.model in DETECTORS else "classify"
 
     def build(self) -> nn.Module:
         """The model with this checkpoint's weights (and pruned shapes), in eval mode."""
-        model = build_model(self.model, self.num_classes, self.width)
+        if self.task == "detect":
+            model = build_detector(self.model, self.num_classes, self.width, self.preprocess.img_size)[0]
+        else:
+            model = build_model(self.model, self.num_classes, self.width)
         if self.structure:
             from edgecnn.prune import apply_layer_shapes
 
@@ -68,6 +77,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "training": ckpt.training,
         "structure": ckpt.structure,
+        "val_dataset": ckpt.val_dataset,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -99,6 +109,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             training=payload.get("training"),
             recipe_hash=payload.get("recipe_hash"),
             structure=payload.get("structure"),
+            val_dataset=payload.get("val_dataset"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EdgeCNNError(f"checkpoint {path} is incomplete: missing or bad field {e}") from None

@@ -34,6 +34,9 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     crop: float | None = None
+    # Detection: the held-out dataset scored each epoch and verified on at export (classification datasets
+    # carry their own split).
+    val: str | None = None
 
 
 @dataclass
@@ -105,6 +108,7 @@ class ExportConfig:
 @dataclass
 class Recipe:
     name: str = "recipe"
+    task: Literal["classify", "detect"] = "classify"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -235,8 +239,10 @@ def with_train_defaults(recipe: Recipe) -> Recipe:
     if t.lr is not None and t.warmup_epochs is not None:
         return recipe
     from edgecnn.models import FAMILY_DEFAULTS, model_spec
+    from edgecnn.models.ssdlite import DETECTORS
 
-    family = FAMILY_DEFAULTS[model_spec(recipe.model.name).family]
+    name = recipe.model.name
+    family = FAMILY_DEFAULTS[model_spec(DETECTORS[name].backbone if name in DETECTORS else name).family]
     lr = t.lr if t.lr is not None else family.lr if t.optimizer == "sgd" else family.adamw_lr
     warmup = t.warmup_epochs if t.warmup_epochs is not None else min(family.warmup_epochs, t.epochs / 3)
     return dataclasses.replace(recipe, train=dataclasses.replace(t, lr=lr, warmup_epochs=warmup))
@@ -248,7 +254,11 @@ def validate(recipe: Recipe) -> Recipe:
     from edgecnn.data import AUGMENTATIONS, parse_dataset, resolved_dataset
     from edgecnn.models import model_spec
 
+    if recipe.task == "detect":
+        return _validate_detection(recipe)
     model_spec(recipe.model.name)
+    if recipe.data.val is not None:
+        raise EdgeCNNError("data.val: only detection recipes (task: detect) name a separate held-out dataset")
     recipe = with_train_defaults(recipe)
     positive = {
         "data.img_size": input_size(recipe),
@@ -309,6 +319,41 @@ def validate(recipe: Recipe) -> Recipe:
     # Stored resolved in checkpoints, so that eval and export find the data from any directory.
     return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data,
                                                                 dataset=resolved_dataset(recipe.data.dataset)))
+
+
+def _validate_detection(recipe: Recipe) -> Recipe:
+    """A detection recipe: a registry detector, COCO or YOLO train and held-out datasets, stages detectors have."""
+    from edgecnn.models.ssdlite import DETECTORS
+
+    if recipe.model.name not in DETECTORS:
+        raise EdgeCNNError(f"model.name: '{recipe.model.name}' is not a detector{closest(recipe.model.name, DETECTORS)}"
+                           f"; task: detect takes {', '.join(DETECTORS)}")
+    for key in ("dataset", "val"):
+        spec = getattr(recipe.data, key)
+        if not spec or spec.partition(":")[0] not in ("coco", "yolo") or not Path(spec.partition(":")[2]).exists():
+            raise EdgeCNNError(f"data.{key}: {_shown(spec)} is not coco:PATH or yolo:PATH to an existing dataset "
+                               "(task: detect trains on data.dataset and scores on data.val)")
+    unsupported = {"prune.ratio": recipe.prune.ratio > 0, "quantize.method: qat": recipe.quantize.method == "qat",
+                   "train.freeze": recipe.train.freeze != "none", "data.crop": recipe.data.crop is not None,
+                   "data.augment": bool(recipe.data.augment)}
+    for key, used in unsupported.items():
+        if used:
+            raise EdgeCNNError(f"{key}: not available for detectors yet (task: detect)")
+    if recipe.quantize.method != "none" and not recipe.export.formats:
+        raise EdgeCNNError("quantize.method is set but export.formats is empty: add export: {formats: [tflite, onnx]}")
+    if not _one_path_component(recipe.name):
+        raise EdgeCNNError(f"name {_shown(recipe.name)}: a run is written to runs/<name>, so the name must be one "
+                           "folder name (no '/', '..' or leading '-')")
+    recipe = with_train_defaults(recipe)
+    for key, value in {"data.batch_size": recipe.data.batch_size, "train.epochs": recipe.train.epochs,
+                       "train.lr": recipe.train.lr, "model.width": recipe.model.width,
+                       "data.img_size": recipe.data.img_size or 320}.items():
+        if value <= 0:
+            raise EdgeCNNError(f"{key} must be positive, got {value}")
+    # Stored resolved in checkpoints, so that eval and export find the data from any directory.
+    absolute = {key: f"{kind}:{Path(path).resolve()}" for key in ("dataset", "val")
+                for kind, _, path in [getattr(recipe.data, key).partition(":")]}
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **absolute))
 
 
 def _one_path_component(name: str) -> bool:

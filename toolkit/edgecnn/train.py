@@ -246,14 +246,15 @@ def recalibrate_batchnorm(
 
 @dataclass
 class TrainResult:
-    best_top1: float
-    last_top1: float
+    best: float  # the best epoch's held-out score (`metric`), which best.pt holds
+    last: float
     epochs: int
     seconds: float
     history: list[dict]
     best_path: Path
     last_path: Path
     warning: str | None = None  # not_learning_warning's line, if an epoch printed it
+    metric: str = "top1"  # a classifier's top-1; a detector's map50
 
 
 def _resume_state(last_path: Path, recipe: Recipe) -> Checkpoint:

@@ -63,8 +63,12 @@ def keep_frozen_batchnorm(modules: list[nn.Module]) -> None:
 
 
 def head_parameters(model: nn.Module, name: str) -> set[int]:
-    """ids of the classifier head's parameters (the head gets train.lr, the rest train.backbone_lr)."""
-    return {id(p) for p in model.get_submodule(model_spec(name).head).parameters()}
+    """ids of the parameters of the layers new on a pretrained backbone (they get train.lr, the rest
+    train.backbone_lr): a classifier's head; a detector's head and extra feature layers."""
+    from edgecnn.models.ssdlite import DETECTORS, NEW_LAYERS
+
+    heads = NEW_LAYERS if name in DETECTORS else (model_spec(name).head,)
+    return {id(p) for head in heads for p in model.get_submodule(head).parameters()}
 
 
 def pretraining_warning(recipe: Recipe) -> str | None:

@@ -71,22 +71,30 @@ def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
 @click.option("--unfreeze-blocks", type=click.IntRange(min=0), default=0, show_default=True,
               help="How many top backbone blocks --unfreeze-at unfreezes (0 = all).")
 @click.option("--backbone-lr", type=click.FloatRange(min=0, min_open=True), help="Backbone learning rate [--lr].")
+@click.option("--val", help="A detector's held-out dataset (coco:PATH or yolo:PATH), scored each epoch.")
 @json_option("the training history")
 def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_size: int | None, batch_size: int,
               lr: float | None, optimizer: str, width: float, weights: str | None, augment: str,
               warmup_epochs: float | None, label_smoothing: float, workers: int, seed: int, device: str, resume: bool,
               freeze: str, unfreeze_at: int | None, unfreeze_blocks: int, backbone_lr: float | None,
-              json_path: Path | None) -> None:
-    """Train a model on a dataset; writes OUT/best.pt and OUT/last.pt and prints a per-epoch table."""
+              val: str | None, json_path: Path | None) -> None:
+    """Train a model on a dataset; writes OUT/best.pt and OUT/last.pt and prints a per-epoch table. A detector
+    (--model ssdlite_...) trains on a COCO or YOLO dataset and is scored on --val."""
+    from edgecnn.models.ssdlite import DETECTORS
     from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, UnfreezeConfig, validate
-    from edgecnn.train import train
 
+    detect = model_name in DETECTORS
+    if detect:
+        from edgecnn.detection.train import train_detector as train
+    else:
+        from edgecnn.train import train
     recipe = validate(
         Recipe(
             name="train",
+            task="detect" if detect else "classify",
             seed=seed,
             data=DataConfig(dataset=dataset, img_size=img_size, batch_size=batch_size, workers=workers,
-                            augment=[a for a in augment.split(",") if a]),
+                            augment=[a for a in augment.split(",") if a], val=val),
             model=ModelConfig(name=model_name, width=width, weights=weights),
             train=TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs,
                               label_smoothing=label_smoothing, device=device, freeze=freeze, backbone_lr=backbone_lr,
@@ -95,8 +103,8 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
     )
     result = train(recipe, out_dir, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(f"best top-1 {result.best_top1:.4f} → {result.best_path}; last → {result.last_path}")
-        write_json_output(json_path, {"best_top1": result.best_top1, "last_top1": result.last_top1,
+        console.print(f"best {result.metric} {result.best:.4f} → {result.best_path}; last → {result.last_path}")
+        write_json_output(json_path, {f"best_{result.metric}": result.best, f"last_{result.metric}": result.last,
                                       "lr": recipe.train.lr, "warmup_epochs": recipe.train.warmup_epochs,
                                       "seconds": result.seconds, "history": result.history})
 
@@ -108,16 +116,20 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
               help="Which part of the dataset.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per step.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@json_option("{top1, top5, samples, ...}")
+@json_option("{top1, top5, samples, ...}; a detector's {map50, map, samples, ...}")
 def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int, device: str,
              json_path: Path | None) -> None:
-    """Evaluate a checkpoint: top-1 and top-5 accuracy on a dataset split."""
+    """Evaluate a checkpoint: top-1 and top-5 accuracy on a dataset split; a detector's mAP@0.5 and
+    mAP@0.5:0.95 on a COCO or YOLO dataset (its held-out one by default)."""
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.data import load_dataset, recorded_dataset
     from edgecnn.loader import make_loader
     from edgecnn.train import evaluate, resolve_device
 
     ckpt = load_checkpoint(checkpoint)
+    if ckpt.task == "detect":
+        _eval_detector(checkpoint, ckpt, dataset, batch_size, resolve_device(device), json_path)
+        return
     with recorded_dataset(dataset):
         data = load_dataset(dataset or ckpt.dataset)
     if len(data.classes) != ckpt.num_classes:
@@ -134,6 +146,26 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
     table.add_row(f"{metrics['top1']:.4f}", f"{metrics['top5']:.4f}", str(metrics["samples"]))
     console.print(table)
     write_json_output(json_path, {**metrics, "checkpoint": str(checkpoint), "dataset": data.name, "split": split})
+
+
+def _eval_detector(path: Path, ckpt, dataset: str | None, batch_size: int, device, json_path: Path | None) -> None:
+    from edgecnn.detection.data import load_box_dataset
+    from edgecnn.detection.train import evaluate, make_box_loader
+
+    spec = dataset or ckpt.val_dataset
+    if not spec:
+        raise EdgeCNNError(f"{path}: no held-out dataset recorded; give --dataset coco:PATH or yolo:PATH")
+    data = load_box_dataset(spec)
+    if data.classes != ckpt.labels:
+        raise EdgeCNNError(f"{path} detects {', '.join(ckpt.labels)} but {spec} labels {', '.join(data.classes)}")
+    loader = make_box_loader(data, ckpt.preprocess, min(batch_size, 32), train=False)  # 320 px images: 32 is plenty
+    metrics = evaluate(ckpt.build().to(device), loader, ckpt.preprocess, device, len(data.classes))
+    table = Table(title=f"{path} on {spec}")
+    for column in ("mAP@0.5", "mAP@0.5:0.95", "images", "boxes"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{metrics['map50']:.4f}", f"{metrics['map']:.4f}", str(len(data)), str(metrics["truth_boxes"]))
+    console.print(table)
+    write_json_output(json_path, {**metrics, "samples": len(data), "checkpoint": str(path), "dataset": spec})
 
 
 @click.command()

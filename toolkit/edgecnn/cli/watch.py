@@ -31,7 +31,8 @@ from edgecnn.runtime.formats import ENGINES
 @click.option("--min-frames", type=click.IntRange(min=1), default=3, show_default=True,
               help="Frames in a row a label must hold to make an event (and be absent to re-arm).")
 @click.option("--zone", "zone_texts", multiple=True,
-              help="Detector: a zone NAME:x,y;x,y;x,y;... (pixels); enter/leave events, dwell time. Repeatable.")
+              help="Detector: a zone 'NAME:x,y;x,y;x,y;...' (pixels, quoted); enter/leave events, dwell time. "
+                   "Repeatable.")
 @click.option("--line", "line_texts", multiple=True,
               help="Detector: a counting line NAME:x1,y1,x2,y2 (pixels); crossings per direction. Repeatable.")
 @click.option("--classify", "classifier_path", type=click.Path(path_type=Path),

@@ -71,17 +71,26 @@ class Artefact:
     layer_errors: list[dict] = field(default_factory=list)  # SQNR (dB) per quantized layer, worst first
     warnings: list[str] = field(default_factory=list)
     sha256: str | None = None  # of the installed file, hashed before it got its final name
+    # Detectors: mAP@0.5 against the ground truth, the float model's, and box agreement (mAP@0.5 against the float
+    # model's boxes; also in `agreement`).
+    map50: float | None = None
+    float_map50: float | None = None
+    box_agreement: float | None = None
 
     @property
     def drop(self) -> float:
+        """Points lost against the float model: top-1 for a classifier, mAP@0.5 for a detector."""
+        if self.box_agreement is not None:
+            return accuracy_drop(self.map50, self.float_map50, self.agreement)
         return accuracy_drop(self.accuracy, self.float_accuracy, self.agreement)
 
 
-def accuracy_drop(accuracy: float | None, float_accuracy: float | None, agreement: float) -> float:
-    """Top-1 points lost against the float model; without labels, the points of disagreement with it."""
-    if accuracy is None or float_accuracy is None:
+def accuracy_drop(score: float | None, float_score: float | None, agreement: float) -> float:
+    """Points of `score` (top-1 or mAP@0.5) lost against the float model; without labels, the points of
+    disagreement with it."""
+    if score is None or float_score is None:
         return 100.0 * (1.0 - agreement)
-    return 100.0 * (float_accuracy - accuracy)
+    return 100.0 * (float_score - score)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -95,11 +104,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def _tensor_card(spec: TensorSpec) -> dict:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype.name, "scale": spec.scale,
-            "zero_point": spec.zero_point}
-
-
 def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, calibration: Images | None,
                float_layers: list[str], target: dict | None = None) -> dict:
     """What the runtime needs to use the file, and where it came from; `edgecnn info` prints it."""
@@ -107,11 +111,11 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     return {
         "edgecnn_version": __version__,
         "card_version": 2,  # 2: sealed with a content hash
-        "task": "classify",
+        "task": source.task,
         "labels": source.labels,
         "preprocess": {**source.pre.to_dict(), "layout": FORMATS[fmt].layout},
-        "input": {**_tensor_card(backend.input), "layout": FORMATS[fmt].layout},
-        "output": {**_tensor_card(backend.outputs[0]), "kind": "logits"},
+        "input": {**backend.input.to_card(), "layout": FORMATS[fmt].layout},
+        **_task_card(source, backend.outputs),
         "source": {"model": source.name, "width": source.width, "dataset": source.dataset, "from": source.origin,
                    "recipe_hash": source.recipe_hash, "macs": source.macs},
         "quantization": {
@@ -125,6 +129,18 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
     }
 
 
+def _task_card(source: ExportSource, outputs: list[TensorSpec]) -> dict:
+    """A classifier's logits tensor; a detector's outputs and the "detect" section (anchors, box coding)."""
+    if source.task == "classify":
+        return {"output": {**outputs[0].to_card(), "kind": "logits"}}
+    # The model returns (box encodings, class scores); a file may reorder them, and only the score output
+    # can lack a last axis of 4 (or both have it, with 3 classes: then the model's order stands).
+    boxes = [o for o in outputs if o.shape[-1] == 4]
+    box = boxes[0] if len(boxes) == 1 else outputs[0]
+    scores = next(o for o in outputs if o is not box)
+    return {"outputs": [o.to_card() for o in outputs], "detect": source.model.card_section(box.name, scores.name)}
+
+
 def format_builder(fmt: str, source: ExportSource, calibration: torch.Tensor | None, scheme, scratch: Path):
     """The builder of one format: `build(path, float_layers)` with its `candidate` ranges, `target()`,
     `candidates()`, `layer_errors`, `layer_id(layer)` and `method`."""
@@ -136,7 +152,11 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
     finer than one image."""
     found = []
     one_image = 100.0 / max(samples, 1)
-    if artefact.agreement < LOW_AGREEMENT:
+    if artefact.box_agreement is not None:
+        if artefact.box_agreement < LOW_AGREEMENT:
+            found.append(f"int8 finds the float model's boxes with mAP@0.5 {artefact.box_agreement:.3f} only "
+                         f"(< {LOW_AGREEMENT}): look at the worst layers and the calibration images")
+    elif artefact.agreement < LOW_AGREEMENT:
         found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
                      f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images")
     if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
@@ -181,8 +201,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
 
         scheme = scheme_for(options.target)
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
-        calib_reference = float_reference(source.model, source.pre, calibration)
-    reference = float_reference(source.model, source.pre, verification)
+        calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
+    reference = float_reference(source.model, source.pre, verification, task=source.task)
     if source.macs is None:
         from edgecnn.summary import complexity
 
@@ -267,13 +287,13 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
                    calib_reference: FloatReference, console: Console):
     """Set the builder's activation-range candidate: the requested method, or for auto the one whose artefact
     agrees best with the float model on the calibration images."""
-    from edgecnn.export.verify import artefact_logits
+    from edgecnn.export.verify import artefact_outputs, class_logits
     from edgecnn.quantize.calibrate import Candidate, candidates, choose
 
     def logits_with(candidate: Candidate) -> np.ndarray:
         builder.candidate = candidate
         build_with_card(trial, [])
-        return artefact_logits(trial, calibration)
+        return class_logits(artefact_outputs(trial, calibration))
 
     if options.calibration == "auto":
         console.print(f"  choosing activation ranges on {len(calibration)} calibration images")
@@ -286,7 +306,9 @@ def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card
 def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verification, reference: FloatReference,
               started: float, float_layers: list[str] | None = None) -> Artefact:
     ops = checked.model_file
+    detector = reference.task == "detect"
     return Artefact(
+        map50=checked.map50, float_map50=reference.map50, box_agreement=checked.agreement if detector else None,
         path=str(final), format=fmt, int8=options.int8, size_bytes=model_size(ops.path),
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
         agreement=checked.agreement, confident_agreement=checked.confident_agreement,
@@ -309,6 +331,8 @@ def _fallback(builder, fmt: str, options: ExportOptions, scratch: Path, work: Pa
 
     def drop_with(layers: list[str]) -> float:
         checked = build_verified(trial, layers)
+        if reference.task == "detect":
+            return accuracy_drop(checked.map50, reference.map50, checked.agreement)
         return accuracy_drop(checked.accuracy, reference.accuracy, checked.agreement)
 
     found = fewest_float_layers(ranked, drop_with, budget)

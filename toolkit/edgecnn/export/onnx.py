@@ -23,7 +23,8 @@ from edgecnn.quantize.ranges import Histogram, activation_range
 from edgecnn.quantize.target import Scheme
 from edgecnn.runtime.formats.onnx import onnx_layer_path
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME = "input"
+OUTPUT_NAMES = {"classify": ["logits"], "detect": ["boxes", "scores"]}  # by task: what the model returns
 
 
 def _global_average_pools(model) -> None:
@@ -187,13 +188,13 @@ def layer_errors(float_model, int8_path: Path, samples: torch.Tensor, paths: dic
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
-def export_float_onnx(model: nn.Module, img_size: int, path: Path) -> None:
+def export_float_onnx(model: nn.Module, img_size: int, path: Path, task: str = "classify") -> None:
     example = (torch.zeros(1, 3, img_size, img_size),)
     try:
         with quiet_native_output():
             program = torch.onnx.export(
                 model.eval(), example, dynamo=True, external_data=False, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], verbose=False,
+                output_names=OUTPUT_NAMES[task], verbose=False,
             )
     except Exception as e:
         raise EdgeCNNError(f"torch.onnx.export could not export the model: {first_line(e)}") from None
@@ -277,11 +278,11 @@ class Builder:
         """Write the artefact; return the int8 scheme (None for float)."""
         size = self.source.pre.img_size
         if self.calibration is None:
-            export_float_onnx(self._model, size, path)
+            export_float_onnx(self._model, size, path, self.source.task)
             return None
         if self._prepared is None:
             exported, self._prepared = self.scratch / "float.onnx", self.scratch / "prepared.onnx"
-            export_float_onnx(self._model, size, exported)
+            export_float_onnx(self._model, size, exported, self.source.task)
             prepare_for_quantization(exported, self._prepared)
             self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
         ranges = {name: activation_range(h, self.candidate.method) for name, h in self._histograms.items()}

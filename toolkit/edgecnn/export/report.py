@@ -15,6 +15,10 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def _first(items: list[str], n: int) -> str:
     if not items:
         return "none"
@@ -23,21 +27,25 @@ def _first(items: list[str], n: int) -> str:
 
 
 def print_export_table(console: Console, artefacts: list[Artefact], verification: Images) -> None:
+    detector = verification.boxes is not None
     table = Table(title=f"verified on {len(verification)} images: {verification.description}")
-    for column in ("artefact", "int8", "size", "accuracy", "float acc.", "agreement", "sure agr.", "max |Δlogit|",
-                   "float ops",
-                   "seconds", "status"):
+    quality = ("mAP@0.5", "float mAP@0.5", "box agr.") if detector else ("accuracy", "float acc.", "agreement",
+                                                                          "sure agr.")
+    for column in ("artefact", "int8", "size", *quality, "max |Δlogit|", "float ops", "seconds", "status"):
         table.add_column(column)
     for a in artefacts:
-        table.add_row(
-            a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", _pct(a.accuracy),
-            _pct(a.float_accuracy), _pct(a.agreement), f"{_pct(a.confident_agreement)} of {a.confident_samples}",
-            f"{a.max_logit_error:.4f}",
-            _first(a.float_ops, 3), f"{a.export_seconds:.1f}", a.status,
-        )
+        scores = ((_number(a.map50), _number(a.float_map50), _number(a.box_agreement)) if detector else
+                  (_pct(a.accuracy), _pct(a.float_accuracy), _pct(a.agreement),
+                   f"{_pct(a.confident_agreement)} of {a.confident_samples}"))
+        table.add_row(a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", *scores,
+                      f"{a.max_logit_error:.4f}", _first(a.float_ops, 3), f"{a.export_seconds:.1f}", a.status)
     console.print(table)
-    console.print("agreement: same top-1 as the float PyTorch model; sure agr.: the same, on images the float "
-                  "model is ≥ 50 % sure of")
+    if detector:
+        console.print("mAP@0.5 against the dataset's boxes (COCO's evaluator); box agr.: mAP@0.5 against the float "
+                      "PyTorch model's boxes (score ≥ the card's threshold)")
+    else:
+        console.print("agreement: same top-1 as the float PyTorch model; sure agr.: the same, on images the float "
+                      "model is ≥ 50 % sure of")
     for a in artefacts:
         if a.calibration:
             console.print(f"{a.path}: {a.scheme['target'] if a.scheme else ''} scheme, activation ranges "

@@ -30,6 +30,8 @@ class ExportSource:
     origin: str = ""  # checkpoint or weights file it came from
     qat: Any = None  # edgecnn.export.qat.QATResult when quantization-aware training ran
     macs: int | None = None  # multiply-accumulates per image, recorded in the card for `edgecnn bench`
+    task: str = "classify"  # or "detect": an SSDLite whose outputs are (box encodings, class logits)
+    val_dataset: str | None = None  # a detector's held-out box dataset (coco:PATH or yolo:PATH)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Images:
     pixels: np.ndarray
     labels: np.ndarray | None
     description: str
+    boxes: list | None = None  # detection ground truth: one edgecnn.detection.metrics.Boxes per image, input pixels
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -46,7 +49,8 @@ class Images:
     def head(self, n: int | None) -> Images:
         if n is None or n >= len(self):
             return self
-        return Images(self.pixels[:n], None if self.labels is None else self.labels[:n], self.description)
+        return Images(self.pixels[:n], None if self.labels is None else self.labels[:n], self.description,
+                      None if self.boxes is None else self.boxes[:n])
 
 
 def source_from_checkpoint(path: str | Path) -> ExportSource:
@@ -54,7 +58,7 @@ def source_from_checkpoint(path: str | Path) -> ExportSource:
 
     ckpt = load_checkpoint(path)
     return ExportSource(ckpt.build(), ckpt.preprocess, ckpt.labels, ckpt.model, ckpt.width, ckpt.dataset,
-                        ckpt.recipe_hash, str(path))
+                        ckpt.recipe_hash, str(path), task=ckpt.task, val_dataset=ckpt.val_dataset)
 
 
 def source_from_weights(
@@ -83,6 +87,21 @@ def dataset_images(spec: str, split: str, pre: Preprocess, limit: int | None, se
     order = sample_indices(len(images), limit, seed)
     pixels = np.stack([resize_image(images.image(int(i)), pre) for i in order])
     return Images(pixels, images.labels[order], f"{spec} {split} split")
+
+
+def box_dataset_images(spec: str, pre: Preprocess, limit: int | None, seed: int = 0) -> Images:
+    """Up to `limit` images of a COCO or YOLO dataset (a seeded random subset, in dataset order), resized for the
+    model, with their boxes in the input's pixels."""
+    from edgecnn.data import sample_indices
+    from edgecnn.detection.data import load_box_dataset
+    from edgecnn.detection.metrics import Boxes
+
+    data = load_box_dataset(spec)
+    order = np.sort(sample_indices(len(data), limit, seed))
+    records = [data.images[int(i)] for i in order]
+    pixels = np.stack([resize_image(r.image(), pre) for r in records])
+    boxes = [Boxes(r.boxes * pre.img_size, r.labels) for r in records]
+    return Images(pixels, None, f"{spec} ({len(records)} of {len(data)} images)", boxes)
 
 
 def folder_images(folder: str | Path, pre: Preprocess) -> Images:
@@ -147,6 +166,9 @@ def export_images(source: ExportSource, dataset: str | None, calib_images, calib
     video is split in two."""
     if calib_images and calib_video:
         raise EdgeCNNError("give --calib-images or --calib-video, not both")
+    if source.task == "detect":
+        return _detector_images(source, dataset, calib_images, calib_video, calib_every, calib_samples,
+                                eval_samples)
     data = dataset or source.dataset
     frames = video_frames(calib_video, calib_every, source.pre, 2 * calib_samples) if calib_video else None
     if data:
@@ -167,3 +189,22 @@ def export_images(source: ExportSource, dataset: str | None, calib_images, calib
         need = "--int8 needs calibration images" if int8 else "no images to verify the export on"
         raise EdgeCNNError(f"{need}: give --dataset NAME, --calib-images DIR or --calib-video FILE")
     return calibration.head(calib_samples), verification.head(eval_samples)
+
+
+def _detector_images(source: ExportSource, dataset: str | None, calib_images, calib_video, calib_every: int,
+                     calib_samples: int, eval_samples: int | None) -> tuple[Images, Images]:
+    """A detector verifies on labelled boxes only (mAP needs them): the held-out dataset it was trained with, or
+    --dataset; it calibrates on its training images, a folder or a video."""
+    held_out = dataset or source.val_dataset
+    if not held_out:
+        raise EdgeCNNError("a detector is verified on a labelled box dataset: give --dataset coco:PATH or yolo:PATH")
+    verification = box_dataset_images(held_out, source.pre, eval_samples)
+    if calib_video:
+        calibration = video_frames(calib_video, calib_every, source.pre, calib_samples)
+    elif calib_images:
+        calibration = folder_images(calib_images, source.pre)
+    elif source.dataset:
+        calibration = box_dataset_images(source.dataset, source.pre, calib_samples)
+    else:
+        raise EdgeCNNError("--int8 needs calibration images: give --calib-images DIR or --calib-video FILE")
+    return calibration.head(calib_samples), verification

@@ -4,44 +4,85 @@ float PyTorch model on held-out images."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgecnn.detection.metrics import Boxes, box_agreement, detection_map
 from edgecnn.export.sources import Images
+from edgecnn.models.ssdlite import EVAL_MIN_SCORE
 from edgecnn.preprocess import Preprocess
-from edgecnn.runtime import load
+from edgecnn.runtime import Detector, load
+from edgecnn.runtime.detector import Decoding
 from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 
 @dataclass
 class FloatReference:
-    """The float PyTorch model's logits on the verification images, computed once per export."""
+    """The float PyTorch model's raw outputs on the verification images, computed once per export; for a
+    detector also its decoded boxes and the ground truth they are scored against."""
 
-    logits: np.ndarray
+    outputs: list[np.ndarray]  # a classifier's (N, classes) logits; a detector's (N, A, 4) and (N, A, columns)
     labels: np.ndarray | None
+    task: str = "classify"
+    boxes: list[Boxes] | None = None  # a detector's boxes (score ≥ EVAL_MIN_SCORE), input pixels
+    truth: list[Boxes] | None = None
+
+    @property
+    def logits(self) -> np.ndarray:
+        """Class logits, one row per answer: per image for a classifier, per anchor for a detector (what range
+        search compares)."""
+        return class_logits(self.outputs)
 
     @property
     def accuracy(self) -> float | None:
-        return _accuracy(self.logits, self.labels)
+        return _accuracy(self.logits, self.labels) if self.task == "classify" else None
+
+    @property
+    def map50(self) -> float | None:
+        if self.boxes is None or self.truth is None:
+            return None
+        return detection_map(self.truth, self.boxes, self.logits.shape[-1] - 1)["map50"]
 
     def head(self, n: int) -> FloatReference:
-        return FloatReference(self.logits[:n], None if self.labels is None else self.labels[:n])
+        return FloatReference([o[:n] for o in self.outputs], None if self.labels is None else self.labels[:n],
+                              self.task, None if self.boxes is None else self.boxes[:n],
+                              None if self.truth is None else self.truth[:n])
 
 
-def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: int = 128) -> FloatReference:
+def class_logits(outputs: list[np.ndarray]) -> np.ndarray:
+    """(rows, classes): a classifier's one output, or a detector's score output with one row per anchor."""
+    return outputs[-1].reshape(-1, outputs[-1].shape[-1])
+
+
+def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: int = 128,
+                    task: str = "classify") -> FloatReference:
     from edgecnn.loader import normalise_batch
 
     model.eval()
-    outputs = []
+    batches = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
             x = normalise_batch(torch.from_numpy(images.pixels[start : start + batch]), pre, torch.device("cpu"))
-            outputs.append(model(x).float().numpy())
-    return FloatReference(np.concatenate(outputs), images.labels)
+            out = model(x)
+            batches.append([o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))])
+    outputs = [np.concatenate(parts) for parts in zip(*batches, strict=True)]
+    if task == "classify":
+        return FloatReference(outputs, images.labels)
+    return FloatReference(outputs, None, task, decoded(model.decoding(EVAL_MIN_SCORE), outputs, pre.img_size),
+                          images.boxes)
+
+
+def decoded(decoding: Decoding, outputs: list[np.ndarray], size: int) -> list[Boxes]:
+    """Each image's boxes from (encodings, scores), in the input's pixels."""
+    found = []
+    for encodings, scores in zip(*outputs, strict=True):
+        boxes, confidence, labels = decoding(encodings, scores)
+        found.append(Boxes(boxes * size, labels, confidence))
+    return found
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -55,25 +96,32 @@ CONFIDENT = 0.5  # float top-1 probability above which a prediction is a clear a
 class Verification:
     model_file: ModelFile
     accuracy: float | None
-    agreement: float
+    agreement: float  # a classifier's top-1 agreement, a detector's box agreement, with the float model
     max_logit_error: float
     samples: int
     # Agreement on the images the float model is sure about (top-1 probability ≥ CONFIDENT): on ambiguous
     # photos two near-equal classes may swap places without either answer being wrong.
     confident_agreement: float | None
     confident_samples: int
+    map50: float | None = None  # a detector's mAP@0.5 against the ground truth
 
     @property
     def float_ops(self) -> list[str]:
         return [f"{op.name} ({op.where})" for op in self.model_file.float_ops]
 
 
-def artefact_logits(path: Path, images: Images, threads: int | None = None) -> np.ndarray:
-    """The artefact's logits on `images`, which are already cropped and resized as the float reference saw them:
-    running them through the full `prepare` would crop them a second time."""
-    classifier = load(path, threads=threads)
-    samples = np.stack([classifier.inputs.prepare_resized(p) for p in images.pixels])
-    return classifier.logits(samples)
+def artefact_outputs(path: Path, images: Images, threads: int | None = None) -> list[np.ndarray]:
+    """The artefact's float outputs on `images`, which are already cropped and resized as the float reference saw
+    them (running them through the full `prepare` would crop them a second time); a detector's in the order
+    (box encodings, scores) whatever order the file keeps them in."""
+    model = load(path, threads=threads)
+    samples = np.stack([model.inputs.prepare_resized(p) for p in images.pixels])
+    outputs = model.raw_outputs(samples)
+    if isinstance(model, Detector):
+        anchors = len(model.decoding.coding.anchors)
+        encodings, scores = model.box_and_score(outputs)
+        return [encodings.reshape(len(samples), anchors, 4), scores.reshape(len(samples), anchors, -1)]
+    return outputs
 
 
 def compare(logits: np.ndarray, reference: FloatReference) -> tuple[float | None, float, float]:
@@ -91,12 +139,29 @@ def confident(reference: FloatReference) -> np.ndarray:
 def verify(path: Path, images: Images, reference: FloatReference) -> Verification:
     """Run `path` in its runtime on `images` and compare with the float model's predictions."""
     model_file = read_model_file(path)
-    logits = artefact_logits(path, images)
+    outputs = artefact_outputs(path, images)
+    if reference.task == "detect":
+        return _verify_detector(path, model_file, outputs, images, reference)
+    logits = outputs[0]
     accuracy, agreement, max_error = compare(logits, reference)
     sure = confident(reference)
     same = logits.argmax(1) == reference.logits.argmax(1)
     sure_agreement = float(same[sure].mean()) if sure.any() else None
     return Verification(model_file, accuracy, agreement, max_error, len(images), sure_agreement, int(sure.sum()))
+
+
+def _verify_detector(path: Path, model_file: ModelFile, outputs: list[np.ndarray], images: Images,
+                     reference: FloatReference) -> Verification:
+    """mAP@0.5 of the artefact's boxes against the ground truth, and its box agreement: mAP@0.5 against the float
+    model's boxes (those a camera would show, score ≥ the card's threshold)."""
+    detector = load(path)
+    decoding = replace(detector.decoding, min_score=EVAL_MIN_SCORE)
+    found = decoded(decoding, outputs, detector.pre.img_size)
+    classes = len(detector.labels)
+    agreement = box_agreement(reference.boxes, found, classes, detector.min_score)
+    map50 = detection_map(images.boxes, found, classes)["map50"]
+    max_error = float(np.abs(class_logits(outputs) - reference.logits).max())
+    return Verification(model_file, None, agreement, max_error, len(images), None, 0, map50)
 
 
 def interleaved_latency_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str, float]:

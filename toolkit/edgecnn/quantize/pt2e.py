@@ -159,9 +159,11 @@ class Observed:
 BATCH = 32
 
 
-def run(graph: torch.fx.GraphModule, samples: torch.Tensor) -> np.ndarray:
+def feed(graph: torch.fx.GraphModule, samples: torch.Tensor) -> None:
+    """Run every sample through the graph (its observers record what they see; the outputs are not needed)."""
     with torch.no_grad():
-        return np.concatenate([graph(samples[i : i + BATCH]).numpy() for i in range(0, len(samples), BATCH)])
+        for batch in _batches(samples):
+            graph(batch)
 
 
 def export_graph(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -186,7 +188,7 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
     graph = export_graph(channels_last(model) if layout == "NHWC" else model.eval(), samples[:2])
     with quiet_native_output():
         prepared = prepare_pt2e(graph, quantizer(float_layers))
-    run(prepared, samples)
+    feed(prepared, samples)
     observers = {name: m for name, m in prepared.named_modules() if _is_activation_observer(m)}
     bounds = {n.target: _output_bounds(n) for n in prepared.graph.nodes if n.target in observers}
     histograms = {name: Histogram.empty(*np.clip([m.min_val.item(), m.max_val.item()], *bounds[name]))
@@ -197,7 +199,7 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
 
     handles = [m.register_forward_hook(hook(name)) for name, m in observers.items()]
     try:
-        run(prepared, samples)
+        feed(prepared, samples)
     finally:
         for handle in handles:
             handle.remove()

@@ -29,6 +29,11 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale != 0.0
 
+    def to_card(self) -> dict:
+        """This tensor as a model card records it."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name, "scale": self.scale,
+                "zero_point": self.zero_point}
+
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         """This tensor's raw values as float32 (int8 outputs through their scale and zero point)."""
         raw = raw.astype(np.float32)

@@ -57,6 +57,47 @@ class BoxCoding:
         return cls(decode_anchors(card["anchors"]), card["order"], tuple(float(s) for s in card["scales"]))
 
 
+@dataclass
+class Decoding:
+    """Raw outputs → boxes: the box coding, how class outputs become scores, the score threshold and NMS."""
+
+    coding: BoxCoding
+    score_function: str = "sigmoid"
+    background: bool = True  # score column 0 is the background class
+    min_score: float = 0.5
+    nms_iou: float = 0.6
+    max_detections: int = 100
+
+    @classmethod
+    def from_card(cls, settings: dict) -> Decoding:
+        return cls(BoxCoding.from_card(settings["coding"]), settings["score"], settings["background"],
+                   float(settings["min_score"]), float(settings["nms_iou"]), int(settings.get("max_detections", 100)))
+
+    def class_scores(self, scores: np.ndarray) -> np.ndarray:
+        """(N, columns) raw class outputs → (N, classes) probabilities, background dropped."""
+        if self.score_function == "sigmoid":
+            probs = 1 / (1 + np.exp(-scores))
+        else:
+            e = np.exp(scores - scores.max(axis=1, keepdims=True))
+            probs = e / e.sum(axis=1, keepdims=True)
+        return probs[:, 1:] if self.background else probs
+
+    def __call__(self, encodings: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One sample's (A, 4) box encodings and (A, columns) class outputs → boxes (K, 4) x1, y1, x2, y2 normalised
+        to the input, scores (K,) and class indices (K,), best first, after the threshold and per-class NMS."""
+        probs = self.class_scores(scores.reshape(len(self.coding.anchors), -1))
+        anchor, label = np.nonzero(probs >= self.min_score)
+        if not len(anchor):
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        score = probs[anchor, label]
+        boxes = self.coding.decode(encodings.reshape(-1, 4)[anchor], anchor)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), label.tolist(), self.min_score, self.nms_iou)
+        keep = np.asarray(keep, dtype=int).reshape(-1)
+        keep = keep[np.argsort(-score[keep], kind="stable")][: self.max_detections]
+        return boxes[keep], score[keep], label[keep]
+
+
 def encode_anchors(anchors: np.ndarray) -> dict:
     """Anchors (N, 4 as cy, cx, h, w) as a card field: exact float32 bytes, base64 (a third the size of text)."""
     data = np.ascontiguousarray(anchors, dtype="<f4")
@@ -103,19 +144,24 @@ def _find_outputs(outputs: list[TensorSpec], names: dict, anchors: int) -> tuple
 class Detector(Model):
     task = "detect"
 
-    def __init__(self, backend: Backend, pre: Preprocess, labels: list[str], coding: BoxCoding, settings: dict):
-        """`settings`: the card's "detect" section (score function, background column, fit, thresholds)."""
+    def __init__(self, backend: Backend, pre: Preprocess, labels: list[str], decoding: Decoding, fit: str,
+                 outputs: dict):
+        """`outputs`: the card's names of the box and score outputs (see `_find_outputs`)."""
         super().__init__(backend, pre, labels)
-        self.coding = coding
-        self.score_function, self.background = settings["score"], settings["background"]
-        self.fit = settings["fit"]
-        self.min_score, self.nms_iou = float(settings["min_score"]), float(settings["nms_iou"])
-        self.max_detections = int(settings.get("max_detections", 100))
-        self._boxes, self._scores = _find_outputs(backend.outputs, settings["outputs"], len(coding.anchors))
+        self.decoding, self.fit = decoding, fit
+        self._boxes, self._scores = _find_outputs(backend.outputs, outputs, len(decoding.coding.anchors))
         columns = backend.outputs[self._scores].shape[-1]
-        if len(labels) != columns - int(self.background):
+        if len(labels) != columns - int(decoding.background):
             raise EdgeCNNError(f"{len(labels)} labels for {columns} score columns"
-                               + (" (the first is background)" if self.background else ""))
+                               + (" (the first is background)" if decoding.background else ""))
+
+    @property
+    def min_score(self) -> float:
+        return self.decoding.min_score
+
+    @min_score.setter
+    def min_score(self, value: float) -> None:
+        self.decoding.min_score = value
 
     @classmethod
     def from_file(cls, model_file: ModelFile, backend: Backend, pre: Preprocess,
@@ -126,10 +172,11 @@ class Detector(Model):
                                "`edgecnn adopt FILE --task detect --anchors ANCHORS.npy --out OUT`")
         if pre.crop is not None:
             raise EdgeCNNError(f"{model_file.path}: a detector sees the whole frame; its card asks for a centre crop")
-        coding = BoxCoding.from_card(settings["coding"])
-        scores = _find_outputs(backend.outputs, settings["outputs"], len(coding.anchors))[1]
-        classes = backend.outputs[scores].shape[-1] - int(settings["background"])
-        return cls(backend, pre, resolve_labels(model_file, classes, labels), coding, settings)
+        decoding = Decoding.from_card(settings)
+        scores = _find_outputs(backend.outputs, settings["outputs"], len(decoding.coding.anchors))[1]
+        classes = backend.outputs[scores].shape[-1] - int(decoding.background)
+        return cls(backend, pre, resolve_labels(model_file, classes, labels), decoding, settings["fit"],
+                   settings["outputs"])
 
     def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         check_frame(frame)
@@ -152,31 +199,16 @@ class Detector(Model):
         given in the pixels of the frame it was prepared from, of shape (height, width, ...)."""
         return self.decode([o[0] for o in self.raw_outputs(sample[None])], frame_shape)
 
-    def class_scores(self, scores: np.ndarray) -> np.ndarray:
-        """(N, columns) raw class outputs → (N, classes) probabilities, background dropped."""
-        if self.score_function == "sigmoid":
-            probs = 1 / (1 + np.exp(-scores))
-        else:
-            e = np.exp(scores - scores.max(axis=1, keepdims=True))
-            probs = e / e.sum(axis=1, keepdims=True)
-        return probs[:, 1:] if self.background else probs
+    def box_and_score(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The box-encoding and class-score outputs among the model's outputs (files keep them in any order)."""
+        return outputs[self._boxes], outputs[self._scores]
 
     def decode(self, outputs: list[np.ndarray], frame_shape: tuple[int, ...]) -> list[Detection]:
         """One sample's float outputs → detections in frame pixels, after the score threshold and per-class NMS."""
-        anchors = len(self.coding.anchors)
-        scores = self.class_scores(outputs[self._scores].reshape(anchors, -1))
-        anchor, label = np.nonzero(scores >= self.min_score)
-        if not len(anchor):
-            return []
-        score = scores[anchor, label]
-        boxes = self.coding.decode(outputs[self._boxes].reshape(anchors, 4)[anchor], anchor)
+        boxes, scores, labels = self.decoding(*self.box_and_score(outputs))
         boxes = self._to_frame(boxes, frame_shape)
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score.tolist(), label.tolist(), self.min_score, self.nms_iou)
-        keep = np.asarray(keep, dtype=int).reshape(-1)
-        keep = keep[np.argsort(-score[keep], kind="stable")][: self.max_detections]
-        return [Detection(tuple(float(v) for v in boxes[i]), float(score[i]), self.labels[label[i]], int(label[i]))
-                for i in keep]
+        return [Detection(tuple(float(v) for v in box), float(score), self.labels[label], int(label))
+                for box, score, label in zip(boxes, scores, labels, strict=True)]
 
     def _to_frame(self, boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
         height, width = frame_shape[:2]

@@ -12,7 +12,7 @@ from edgecnn.atomic import write_json
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export import Artefact, ExportOptions, export
 from edgecnn.export.report import export_report, print_export_table
-from edgecnn.export.sources import ExportSource, Images, dataset_images, source_from_checkpoint
+from edgecnn.export.sources import ExportSource, Images, export_images, source_from_checkpoint
 from edgecnn.quantize.doctor import examine
 from edgecnn.recipe import Recipe
 
@@ -46,7 +46,8 @@ def _failure(artefact: Artefact, options: ExportOptions) -> str:
         return artefact.error
     if artefact.status == "float ops left":
         return f"float ops: {', '.join(artefact.float_ops[:5])}; --allow-float-ops accepts them"
-    return f"top-1 drop {artefact.drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop}"
+    metric = "mAP@0.5" if artefact.box_agreement is not None else "top-1"
+    return f"{metric} drop {artefact.drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop}"
 
 
 def run_export(recipe: Recipe, checkpoint: str | Path, out_dir: Path, console: Console
@@ -62,11 +63,12 @@ def run_export(recipe: Recipe, checkpoint: str | Path, out_dir: Path, console: C
         from edgecnn.export.qat import quantization_aware_training
 
         source.qat = quantization_aware_training(source, recipe, console)
-    verification = dataset_images(recipe.data.dataset, "test", source.pre, e.eval_samples)
-    calibration = dataset_images(recipe.data.dataset, "train", source.pre, q.calib_samples) if int8 else None
-    artefacts, report = export_verified(source, options, out_dir, calibration, verification, console)
+    calibration, verification = export_images(source, None, None, None, 1, q.calib_samples, e.eval_samples, int8)
+    artefacts, report = export_verified(source, options, out_dir, calibration if int8 else None, verification,
+                                        console)
     write_json(out_dir / "export.json", report)
     raise_failures(artefacts, options)
     outputs = {a.format: a.path for a in artefacts}
-    metrics = {f"{a.format}_{k}": getattr(a, k) for a in artefacts for k in ("accuracy", "agreement")}
+    keys = ("map50", "box_agreement") if source.task == "detect" else ("accuracy", "agreement")
+    metrics = {f"{a.format}_{k}": getattr(a, k) for a in artefacts for k in keys}
     return outputs, metrics

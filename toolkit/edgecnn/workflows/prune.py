@@ -85,7 +85,7 @@ def prune_checkpoint(path: str | Path, ratio: float, out_dir: str | Path, *, ste
             )
             result = train(recipe, out_dir / f"finetune{step}", console=console, dataset=dataset, model=model)
             model = load_checkpoint(result.best_path).build()
-            row["top1_finetuned"] = result.best_top1
+            row["top1_finetuned"] = result.best
         rounds.append(row)
 
     final = rounds[-1]

@@ -43,12 +43,15 @@ class Stage:
 
 
 def _train_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgecnn.train import train
-
     folder = ctx.out_dir / "train"
+    outputs = {"best": str(folder / "best.pt"), "last": str(folder / "last.pt")}
+    if ctx.recipe.task == "detect":
+        from edgecnn.detection.train import train_detector as train
+    else:
+        from edgecnn.train import train
     result = train(ctx.recipe, folder, resume=ctx.interrupted, console=ctx.console)
-    outputs = {"best": str(result.best_path), "last": str(result.last_path)}
-    return outputs, {"best_top1": result.best_top1, "last_top1": result.last_top1, "epochs": result.epochs}
+    return outputs, {f"best_{result.metric}": result.best, f"last_{result.metric}": result.last,
+                     "epochs": result.epochs}
 
 
 def _prune_stage(ctx: StageContext) -> tuple[dict[str, str], dict[str, Any]]:
