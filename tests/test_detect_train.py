@@ -165,3 +165,27 @@ def test_yolo_dataset_reads_back(tmp_path):
     assert data.classes == ["person", "car"] and len(data) == 2
     np.testing.assert_allclose(data.images[0].boxes, [[0.25, 0.375, 0.75, 0.625]])
     assert data.images[0].labels.tolist() == [1] and len(data.images[1].boxes) == 0
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"model": {"name": "mobilenet_v2"}}, "'mobilenet_v2' is not a detector"),
+    ({"data": {"dataset": "coco:DATA"}}, "data.val"),
+    ({"data": {"dataset": "digits", "val": "coco:DATA"}}, "data.dataset: 'digits' is not coco:PATH"),
+    ({"prune": {"ratio": 0.5}}, "prune.ratio: not available for detectors"),
+    ({"task": "classify", "model": {"name": "tinycnn"}, "data": {"dataset": "digits", "val": "coco:DATA"}},
+     "data.val: only detection recipes"),
+])
+def test_detection_recipes_are_checked(change, expect, tmp_path):
+    import yaml
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "annotations.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    recipe = {"task": "detect", "model": {"name": "ssdlite_mobilenet_v2"},
+              "data": {"dataset": "coco:DATA", "val": "coco:DATA"}}
+    for key, value in change.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and key in recipe else value
+    if "val" not in change.get("data", {"val": 1}):
+        recipe["data"].pop("val")
+    text = yaml.safe_dump(recipe).replace("DATA", str(tmp_path / "data"))
+    (tmp_path / "r.yaml").write_text(text)
+    assert_clean_error(edgecnn("run", tmp_path / "r.yaml", "--out", tmp_path / "out"), expect)

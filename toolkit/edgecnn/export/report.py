@@ -71,5 +71,5 @@ def export_report(artefacts: list[Artefact], calibration: Images | None, verific
         "calibration": None if calibration is None else {"samples": len(calibration),
                                                          "images": calibration.description, "doctor": doctor},
         "verification": {"samples": len(verification), "images": verification.description,
-                         "labelled": verification.labels is not None},
+                         "labelled": verification.labels is not None or verification.boxes is not None},
     }
