@@ -19,7 +19,7 @@ from edgecnn.atomic import install_model, scratch_beside
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import TensorSpec, load_backend
-from edgecnn.runtime.detector import BoxCoding, anchors_from_corners
+from edgecnn.runtime.detector import BoxCoding, anchors_from_corners, find_box_and_score_outputs
 from edgecnn.runtime.formats import format_of, model_files
 from edgecnn.runtime.model import layout_from_shape
 from edgecnn.runtime.modelfile import TASK_FIELDS, embed_card, read_model_file
@@ -82,19 +82,15 @@ def _detect_section(options: AdoptOptions, outputs: list[TensorSpec]) -> tuple[d
     if options.anchors is None:
         raise EdgeCNNError("--task detect needs --anchors ANCHORS.npy: the boxes are encoded against them")
     anchors = read_anchors(options.anchors, options.anchor_format)
-    per_anchor = [o for o in outputs if len(anchors) in o.shape]
-    boxes = [o for o in per_anchor if o.shape[-1] == 4 and int(np.prod(o.shape)) == 4 * len(anchors)]
-    scores = [o for o in per_anchor if o not in boxes[:1]]
-    if len(per_anchor) != 2 or not boxes or len(scores) != 1:
-        shapes = ", ".join(f"{o.name} {list(o.shape)}" for o in outputs)
-        raise EdgeCNNError(f"--anchors {options.anchors} has {len(anchors)} anchors, but the model's outputs "
-                           f"({shapes}) are not one box tensor (…, {len(anchors)}, 4) and one score tensor "
-                           f"(…, {len(anchors)}, classes)")
-    columns = scores[0].shape[-1]
+    try:
+        box, score = (outputs[i] for i in find_box_and_score_outputs(outputs, {}, len(anchors)))
+    except EdgeCNNError as e:
+        raise EdgeCNNError(f"--anchors {options.anchors}: {e}") from None
+    columns = score.shape[-1]
     background = options.background
     if background is None:
         background = columns > 1 if options.labels is None else len(options.labels) == columns - 1
-    settings = {"outputs": {"boxes": boxes[0].name, "scores": scores[0].name},
+    settings = {"outputs": {"boxes": box.name, "scores": score.name},
                 "coding": BoxCoding(anchors, options.box_order, options.box_scales).to_card(),
                 "score": options.score, "background": background, "fit": options.fit,
                 "min_score": options.min_score, "nms_iou": options.nms_iou}

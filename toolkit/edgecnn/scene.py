@@ -37,8 +37,7 @@ class Track:
         return np.asarray(self.detection.box) + np.tile(self.velocity * (self.missed + 1), 2)
 
     def move_to(self, detection: Detection, kind: tuple[str, float] | None) -> None:
-        step = (np.asarray(detection.box[:2]) + detection.box[2:]) / 2 - (np.asarray(self.detection.box[:2])
-                                                                           + self.detection.box[2:]) / 2
+        step = _centre(detection.box) - _centre(self.detection.box)
         self.velocity = VELOCITY_SMOOTHING * self.velocity + (1 - VELOCITY_SMOOTHING) * step / (self.missed + 1)
         self.previous, self.detection, self.kind = self.position, detection, kind
         self.hits, self.missed = self.hits + 1, 0
@@ -47,6 +46,10 @@ class Track:
     def position(self) -> tuple[float, float]:
         x1, _, x2, y2 = self.detection.box
         return (x1 + x2) / 2, y2
+
+
+def _centre(box: tuple[float, float, float, float]) -> np.ndarray:
+    return (np.asarray(box[:2]) + box[2:]) / 2
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

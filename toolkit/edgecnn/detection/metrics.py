@@ -26,6 +26,16 @@ class Boxes:
         return Boxes(self.boxes[keep], self.labels[keep])
 
 
+def decode_boxes(decoding, encodings: np.ndarray, scores: np.ndarray, size: int) -> list[Boxes]:
+    """Each image's boxes from its (A, 4) encodings and (A, columns) class outputs, through the runtime's
+    `edgecnn.runtime.detector.Decoding`, in the pixels of a `size`-square input."""
+    found = []
+    for image_encodings, image_scores in zip(encodings, scores, strict=True):
+        boxes, confidence, labels = decoding(image_encodings, image_scores)
+        found.append(Boxes(boxes * size, labels, confidence))
+    return found
+
+
 def detection_map(truth: list[Boxes], predicted: list[Boxes], classes: int) -> dict[str, float]:
     """{"map50": mAP@0.5, "map": mAP@0.5:0.95} of `predicted` against `truth` (one entry per image, same order),
     over the classes that have ground truth; 0 where nothing is predicted."""

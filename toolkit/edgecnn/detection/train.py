@@ -18,7 +18,7 @@ from torch import nn
 
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.detection.data import BoxDataset, load_box_dataset
-from edgecnn.detection.metrics import Boxes, detection_map
+from edgecnn.detection.metrics import Boxes, decode_boxes, detection_map
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import normalise_batch
 from edgecnn.models.ssdlite import EVAL_MIN_SCORE, DetectionLoss, SSDLite, build_detector
@@ -104,9 +104,7 @@ def predict(model: SSDLite, loader, pre: Preprocess, device: torch.device, decod
     found = []
     for images, _, _ in loader:
         encodings, logits = model(normalise_batch(images, pre, device))
-        for enc, log in zip(encodings.cpu().numpy(), logits.cpu().numpy(), strict=True):
-            boxes, scores, labels = decoding(enc, log)
-            found.append(Boxes(boxes * pre.img_size, labels, scores))
+        found += decode_boxes(decoding, encodings.cpu().numpy(), logits.cpu().numpy(), pre.img_size)
     return found
 
 

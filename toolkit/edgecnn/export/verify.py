@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.detection.metrics import Boxes, box_agreement, detection_map
+from edgecnn.detection.metrics import Boxes, box_agreement, decode_boxes, detection_map
 from edgecnn.export.sources import Images
 from edgecnn.models.ssdlite import EVAL_MIN_SCORE
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime import Detector, load
-from edgecnn.runtime.detector import Decoding
 from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 
@@ -72,17 +71,8 @@ def float_reference(model: nn.Module, pre: Preprocess, images: Images, batch: in
     outputs = [np.concatenate(parts) for parts in zip(*batches, strict=True)]
     if task == "classify":
         return FloatReference(outputs, images.labels)
-    return FloatReference(outputs, None, task, decoded(model.decoding(EVAL_MIN_SCORE), outputs, pre.img_size),
+    return FloatReference(outputs, None, task, decode_boxes(model.decoding(EVAL_MIN_SCORE), *outputs, pre.img_size),
                           images.boxes)
-
-
-def decoded(decoding: Decoding, outputs: list[np.ndarray], size: int) -> list[Boxes]:
-    """Each image's boxes from (encodings, scores), in the input's pixels."""
-    found = []
-    for encodings, scores in zip(*outputs, strict=True):
-        boxes, confidence, labels = decoding(encodings, scores)
-        found.append(Boxes(boxes * size, labels, confidence))
-    return found
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -156,7 +146,7 @@ def _verify_detector(path: Path, model_file: ModelFile, outputs: list[np.ndarray
     model's boxes (those a camera would show, score ≥ the card's threshold)."""
     detector = load(path)
     decoding = replace(detector.decoding, min_score=EVAL_MIN_SCORE)
-    found = decoded(decoding, outputs, detector.pre.img_size)
+    found = decode_boxes(decoding, *outputs, detector.pre.img_size)
     classes = len(detector.labels)
     agreement = box_agreement(reference.boxes, found, classes, detector.min_score)
     map50 = detection_map(images.boxes, found, classes)["map50"]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError
-from edgecnn.preprocess import Preprocess, resize_image
+from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import Backend, TensorSpec
 from edgecnn.runtime.model import Model, check_frame, resolve_labels
 from edgecnn.runtime.modelfile import ModelFile
@@ -127,7 +127,7 @@ def letterbox(frame: np.ndarray) -> tuple[np.ndarray, int, int]:
     return padded, left, top
 
 
-def _find_outputs(outputs: list[TensorSpec], names: dict, anchors: int) -> tuple[int, int]:
+def find_box_and_score_outputs(outputs: list[TensorSpec], names: dict, anchors: int) -> tuple[int, int]:
     """Indices of the box-encoding and class-score outputs: by the card's names, else by shape (ExecuTorch
     numbers its outputs instead of naming them)."""
     by_name = {o.name: i for i, o in enumerate(outputs)}
@@ -145,11 +145,11 @@ class Detector(Model):
     task = "detect"
 
     def __init__(self, backend: Backend, pre: Preprocess, labels: list[str], decoding: Decoding, fit: str,
-                 outputs: dict):
-        """`outputs`: the card's names of the box and score outputs (see `_find_outputs`)."""
+                 outputs: tuple[int, int]):
+        """`outputs`: the indices of the box and score outputs (`find_box_and_score_outputs`)."""
         super().__init__(backend, pre, labels)
         self.decoding, self.fit = decoding, fit
-        self._boxes, self._scores = _find_outputs(backend.outputs, outputs, len(decoding.coding.anchors))
+        self._boxes, self._scores = outputs
         columns = backend.outputs[self._scores].shape[-1]
         if len(labels) != columns - int(decoding.background):
             raise EdgeCNNError(f"{len(labels)} labels for {columns} score columns"
@@ -173,16 +173,15 @@ class Detector(Model):
         if pre.crop is not None:
             raise EdgeCNNError(f"{model_file.path}: a detector sees the whole frame; its card asks for a centre crop")
         decoding = Decoding.from_card(settings)
-        scores = _find_outputs(backend.outputs, settings["outputs"], len(decoding.coding.anchors))[1]
-        classes = backend.outputs[scores].shape[-1] - int(decoding.background)
-        return cls(backend, pre, resolve_labels(model_file, classes, labels), decoding, settings["fit"],
-                   settings["outputs"])
+        outputs = find_box_and_score_outputs(backend.outputs, settings["outputs"], len(decoding.coding.anchors))
+        classes = backend.outputs[outputs[1]].shape[-1] - int(decoding.background)
+        return cls(backend, pre, resolve_labels(model_file, classes, labels), decoding, settings["fit"], outputs)
 
     def prepare(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
-        check_frame(frame)
         if self.fit == "letterbox":
+            check_frame(frame)  # before padding it
             frame = letterbox(frame)[0]
-        return self.inputs.prepare_resized(resize_image(frame, self.pre, color=color))
+        return self.inputs.prepare(frame, color)
 
     def detect(self, frame: np.ndarray, color: str = "BGR") -> list[Detection]:
         """Every object in one H×W×3 uint8 frame (BGR as OpenCV gives it), best first."""
