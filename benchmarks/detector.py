@@ -3,8 +3,9 @@
 
 1. Float and int8 .tflite and .onnx exports of the checkpoint (`edgecnn export`), verified on the recipe's held-out
    frames 600–794 of vtest.avi: mAP@0.5 against the teacher's boxes, the float model's, and box agreement.
-2. `edgecnn bench` of the four files: 1 thread, 320 px, with Raspberry Pi 4 / Pi 5 estimates from the device
-   profiles (estimates, not measurements).
+2. `edgecnn bench` of the four files on the same held-out frames: 1 thread, 320 px, latency with decoding + NMS,
+   mAP@0.5 and box agreement, with Raspberry Pi 4 / Pi 5 estimates from the device profiles (estimates, not
+   measurements).
 3. What decoding and NMS add: `Detector.detect` on a 768×576 vtest frame against the bare engine call on a
    prepared input, interleaved rounds, medians.
 4. Counting: `edgecnn watch vtest.avi --line` with the int8 files and the float file, the same tracker: crossings
@@ -85,11 +86,15 @@ def main() -> None:
     artefacts = exports(checkpoint, out)
     files = [Path(a["path"]) for a in artefacts.values()]
     bench = out / "bench.json"
-    edgecnn("bench", *files, "--threads", 1, "--estimate", "pi4,pi5", "--json", bench)
+    from edgecnn.checkpoint import load_checkpoint
+
+    held_out = load_checkpoint(checkpoint).val_dataset
+    edgecnn("bench", *files, "--threads", 1, "--estimate", "pi4,pi5", "--dataset", held_out, "--json", bench)
     report = {
         "machine": machine_info(), "checkpoint": str(checkpoint), "artefacts": artefacts,
         "bench": [{k: row.get(k) for k in ("model", "format", "precision", "backend", "device", "median_ms", "p90_ms",
-                                           "estimated_ms")} for row in json.loads(bench.read_text())["results"]],
+                                           "estimated_ms", "decode_ms", "map50", "box_agreement")}
+                  for row in json.loads(bench.read_text())["results"]],
         "decode_ms": decode_overhead(files),
         "counts": {p.name: counts(p, out) for p in files},
     }
@@ -99,6 +104,10 @@ def main() -> None:
     print(markdown(report))
 
 
+def _num(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def markdown(report: dict) -> str:
     lines = ["| file | size | mAP@0.5 | float mAP@0.5 | kept | box agreement | float ops |",
              "|---|---|---|---|---|---|---|"]
@@ -106,13 +115,16 @@ def markdown(report: dict) -> str:
         kept = a["map50"] / a["float_map50"] if a["float_map50"] else float("nan")
         lines.append(f"| {name} | {a['size_bytes'] / 2**20:.2f} MiB | {a['map50']:.3f} | {a['float_map50']:.3f} | "
                      f"{kept:.1%} | {a['box_agreement']:.3f} | {len(a['float_ops'])} |")
-    lines += ["", "| file | where | median ms | p90 ms |", "|---|---|---|---|"]
+    lines += ["", "| file | where | median ms (decoding + NMS in it) | p90 ms | decode + NMS ms | mAP@0.5 | "
+              "box agreement |", "|---|---|---|---|---|---|---|"]
     for row in report["bench"]:
         if row["estimated_ms"] is not None:
-            lines.append(f"| {Path(row['model']).name} | {row['device']} (estimate) | ≈{row['estimated_ms']:.3g} | — |")
+            lines.append(f"| {Path(row['model']).name} | {row['device']} (estimate, network) | "
+                         f"≈{row['estimated_ms']:.3g} | — | — | — | — |")
         else:
             lines.append(f"| {Path(row['model']).name} | {row['backend']} here | {row['median_ms']:.2f} | "
-                         f"{row['p90_ms']:.2f} |")
+                         f"{row['p90_ms']:.2f} | {_num(row.get('decode_ms'), 2)} | {_num(row.get('map50'), 3)} | "
+                         f"{_num(row.get('box_agreement'), 3)} |")
     lines += ["", "| file | engine ms | detect ms (resize, decode, NMS included) |", "|---|---|---|"]
     for name, t in report["decode_ms"].items():
         lines.append(f"| {name} | {t['engine']:.2f} | {t['detect']:.2f} |")

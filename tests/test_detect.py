@@ -8,7 +8,8 @@ import pytest
 from conftest import TEACHER, VTEST, assert_clean_error, edgecnn, video_frame
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import Classifier, Detector, load
-from edgecnn.runtime.detector import BoxCoding, anchors_from_corners, letterbox
+from edgecnn.runtime.decoding import BoxCoding, anchors_from_corners
+from edgecnn.runtime.detector import letterbox
 
 # The walking people in frame 100 of vtest.avi (768×576), box centres read off the frame by eye and by both teacher
 # files: four close together in the middle, one far away on the upper path.

@@ -19,7 +19,7 @@ from edgecnn.atomic import install_model, scratch_beside
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.backends import TensorSpec, load_backend
-from edgecnn.runtime.detector import BoxCoding, anchors_from_corners, find_box_and_score_outputs
+from edgecnn.runtime.decoding import BoxCoding, anchors_from_corners, find_box_and_score_outputs
 from edgecnn.runtime.formats import format_of, model_files
 from edgecnn.runtime.model import layout_from_shape
 from edgecnn.runtime.modelfile import TASK_FIELDS, embed_card, read_model_file

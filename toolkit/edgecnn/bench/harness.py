@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.bench.heldout import check_tasks, folder_held_out, held_out_images, prepare_inputs, score
 from edgecnn.bench.profiles import DeviceProfile, efficiency, measured_profile
 from edgecnn.bench.runner import LatencyStats, decode_array
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess
-from edgecnn.runtime.backends import TensorSpec
 from edgecnn.runtime.formats import BY_SUFFIX, engine_for, model_bytes, model_size, runs
-from edgecnn.runtime.modelfile import ModelFile, read_model_file
+from edgecnn.runtime.modelfile import ModelFile, read_model_file, task_of
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 GPU_THROUGHPUT_BATCH = 256
@@ -66,6 +66,8 @@ class Variant:
     pre: Preprocess | None = None  # a checkpoint's preprocessing (files carry theirs)
     sha256: str | None = None  # the verified file's hash: the runner checks the copy it loads against it
     note: str = ""  # e.g. that the file carries no edgecnn content hash
+    task: str = "classify"  # or "detect"
+    detect: dict | None = None  # a detector's card section: how its outputs decode (the runner times decoding too)
 
 
 @dataclass
@@ -95,6 +97,10 @@ class BenchRow:
     accuracy: float | None = None
     agreement: float | None = None
     max_abs_diff: float | None = None
+    map50: float | None = None  # a detector's mAP@0.5 against the box dataset
+    box_agreement: float | None = None  # a detector's mAP@0.5 against the reference model's boxes
+    decode_ms: float | None = None  # a detector's decoding + NMS: part of median_ms (the runtime's, on the device)
+    task: str = "classify"
     efficiency: float | None = None  # MACs ÷ (the device's peak MAC rate × median latency)
     estimated_ms: float | None = None  # a device profile's estimate, for a device that is not attached
     fastest: bool = False
@@ -134,21 +140,17 @@ def resolve_input_shape(model_file: ModelFile, batch: int, given: tuple[int, ...
     return (batch, *(int(d) for d in shape[1:]))
 
 
-def input_spec(model_file: ModelFile, shape: tuple[int, ...]) -> TensorSpec:
-    t = model_file.inputs[0]
-    if t["dtype"] not in ("float32", "float16", "uint8", "int8"):
-        raise EdgeCNNError(f"{model_file.path}: input '{t['name']}' is {t['dtype']}, not an image tensor")
-    return TensorSpec(t["name"], shape, np.dtype(t["dtype"]), t.get("scale", 0.0), t.get("zero_point", 0))
-
-
 def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     # Refuses truncated, foreign or (with verify) corrupted files before any runtime sees them.
     model_file = read_model_file(path, verify=options.verify)
     shape = resolve_input_shape(model_file, options.batch_size, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs") or file_macs(path)
     digest = hashlib.sha256(model_bytes(path)).hexdigest() if options.verify else None
+    task = task_of(model_file.card)
+    detect = (model_file.card or {}).get("detect") if task == "detect" else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
-                    size_bytes=model_size(path), sha256=digest, note="; ".join(model_file.notes), backend=backend)
+                    size_bytes=model_size(path), sha256=digest, note="; ".join(model_file.notes), backend=backend,
+                    task=task, detect=detect)
             for backend in _engines(path, options.backends) for t in options.threads]
 
 
@@ -180,9 +182,12 @@ def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[
 
     ckpt = load_checkpoint(path)
     size = ckpt.preprocess.img_size
+    model = ckpt.build()
     common = {"name": path.name, "runner": "edgecnn.bench.torch_runner", "pre": ckpt.preprocess,
-              "macs": complexity(ckpt.build(), size).macs,
-              "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values())}
+              "macs": complexity(model, size).macs,
+              "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values()), "task": ckpt.task,
+              # decoded here, not in the runner: a PyTorch row times the network alone
+              "detect": model.card_section("boxes", "scores") if ckpt.task == "detect" else None}
     if device == "cuda":
         batches = sorted({1, options.batch_size if options.batch_size > 1 else GPU_THROUGHPUT_BATCH})
         return [Variant(path, "pytorch", precision, 1, (b, 3, size, size), torch={"device": "cuda",
@@ -209,64 +214,20 @@ def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[
     return variants
 
 
-@dataclass
-class HeldOut:
-    """The held-out images every model is compared on (resized per model from the same originals)."""
-
-    images: list[np.ndarray]
-    labels: np.ndarray | None
-    description: str
-
-
-def held_out_images(dataset: str, limit: int) -> HeldOut:
-    """A seeded subset of the dataset's test split (the split the checkpoint never trained on)."""
-    from edgecnn.data import load_dataset, sample_indices
-
-    test = load_dataset(dataset).split("test")
-    order = sample_indices(len(test), limit)
-    images = [test.image(int(i)) for i in order]
-    return HeldOut(images, test.labels[order], f"{dataset} test split, {len(order)} images")
-
-
-def folder_held_out(folder: Path, limit: int) -> HeldOut:
-    """The first `limit` images under `folder` (sorted), unlabelled."""
-    from edgecnn.data import image_files, read_image
-
-    paths = image_files(folder, "--images")[:limit]
-    return HeldOut([read_image(p) for p in paths], None, f"{len(paths)} images in {folder}")
-
-
-def prepare_inputs(variant: Variant, held_out: HeldOut, folder: Path) -> Path:
-    """The held-out images as this model's input tensors (its size, layout, normalisation, quantization)."""
-    from edgecnn.preprocess import resize_image
-    from edgecnn.runtime.model import InputPipeline, model_preprocess
-
-    target = folder / f"inputs-{abs(hash((str(variant.model), variant.input_shape)))}.npy"
-    if target.exists():
-        return target
-    if variant.format == "pytorch":
-        samples = np.stack([resize_image(image, variant.pre) for image in held_out.images])
-    else:
-        model_file = read_model_file(variant.model, verify=False)  # verified by file_variants
-        pipeline = InputPipeline(model_preprocess(model_file, variant.input_shape),
-                                 input_spec(model_file, variant.input_shape))
-        samples = np.stack([pipeline.prepare(image, color="RGB") for image in held_out.images])
-    np.save(target, samples)
-    return target
-
-
 def job_for(variant: Variant, options: BenchOptions) -> dict:
     return {"model": str(variant.model), "threads": variant.threads, "warmup": options.warmup, "runs": options.runs,
             "min_seconds": options.min_seconds, "input_shape": list(variant.input_shape),
             "inputs": str(variant.inputs) if variant.inputs else None, "profile": options.profile,
-            "precision": variant.precision, "sha256": variant.sha256, "backend": variant.backend, **variant.torch}
+            "precision": variant.precision, "sha256": variant.sha256, "backend": variant.backend,
+            "detect": variant.detect if variant.format != "pytorch" else None, **variant.torch}
 
 
 def row_from_results(variant: Variant, results: list[dict], device: str) -> BenchRow:
     """One row from the results of every round of a variant (samples pooled; load/first-run: their median)."""
     ok = [r for r in results if r.get("ok")]
     row = BenchRow(variant.name, variant.format, variant.precision, "", device, variant.threads,
-                   variant.input_shape[0], path=str(variant.model), macs=variant.macs, size_bytes=variant.size_bytes)
+                   variant.input_shape[0], path=str(variant.model), macs=variant.macs, size_bytes=variant.size_bytes,
+                   task=variant.task)
     if len(ok) < len(results):
         row.status = "failed: " + next(r["error"] for r in results if not r.get("ok"))
         return row
@@ -278,6 +239,7 @@ def row_from_results(variant: Variant, results: list[dict], device: str) -> Benc
         setattr(row, name, value)
     row.backend = ok[0]["backend"]
     row.load_ms = _median([r.get("load_ms") for r in ok])
+    row.decode_ms = _median([t for r in ok for t in r.get("decode_ms", [])])
     row.first_ms = _median([r.get("first_ms") for r in ok])
     row.peak_rss_mb = max((r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb") is not None), default=None)
     typical = row.median_ms or row.mean_ms
@@ -303,22 +265,6 @@ def _reference_index(variants: list[Variant], options: BenchOptions) -> int | No
             if (v.format == wanted) if wanted else v.precision == "float32":
                 return i
     return None
-
-
-def score(rows: list[BenchRow], outputs: dict[int, np.ndarray], labels: np.ndarray | None,
-          references: dict[int, np.ndarray]) -> None:
-    """Accuracy against the labels, and top-1 agreement / max |difference| of each row against its reference
-    outputs (the float model's; under emulation, the same file's on this x86 host)."""
-    for i, row in enumerate(rows):
-        out = outputs.get(i)
-        if out is None:
-            continue
-        if labels is not None and out.shape[1] > labels.max():
-            row.accuracy = float((out.argmax(1) == labels).mean())
-        ref = references.get(i)
-        if ref is not None and ref.shape == out.shape:
-            row.agreement = float((out.argmax(1) == ref.argmax(1)).mean())
-            row.max_abs_diff = float(np.abs(out - ref).max())
 
 
 def mark_fastest(rows: list[BenchRow]) -> None:
@@ -348,8 +294,8 @@ def mark_emulated(rows: list[BenchRow], target, compared: bool) -> None:
             row.note += "; int8 ONNX: x86's AVX2 U8S8 kernels round differently, the Arm result is the reference"
 
 
-def _outputs(results: dict[int, list[dict]]) -> dict[int, np.ndarray]:
-    return {i: decode_array(r[0]["outputs"]) for i, r in results.items() if r and r[0].get("outputs")}
+def _outputs(results: dict[int, list[dict]]) -> dict[int, list[np.ndarray]]:
+    return {i: [decode_array(o) for o in r[0]["outputs"]] for i, r in results.items() if r and r[0].get("outputs")}
 
 
 def _measure(variants: list[Variant], options: BenchOptions, target, console) -> dict[int, list[dict]]:
@@ -362,7 +308,7 @@ def _measure(variants: list[Variant], options: BenchOptions, target, console) ->
                                   f"{variant.precision} threads={variant.threads} batch={variant.input_shape[0]}"
                                   f"[/dim]")
                 job = job_for(variant, options)
-                job["inputs"] = job["inputs"] if round_index == 0 else None
+                job["want_outputs"] = round_index == 0  # later rounds only time (a detector times real inputs)
                 results[i].append(target.run(variant, job))
     return results
 
@@ -385,6 +331,7 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
         if options.dataset or options.images:
             held_out = (held_out_images(options.dataset, options.eval_samples) if options.dataset
                         else folder_held_out(options.images, options.eval_samples))
+            check_tasks(variants, held_out)
             variants = [replace(v, inputs=prepare_inputs(v, held_out, Path(folder))) for v in variants]
         results = _measure(variants, options, target, console)
         host_results = None
@@ -396,11 +343,12 @@ def benchmark(paths: list[Path], options: BenchOptions, target, console=None) ->
     if held_out is not None:
         outputs = _outputs(results)
         if host_results is not None:
-            references = _outputs(host_results)
+            references, reference_variants = _outputs(host_results), dict(enumerate(variants))
         else:
             ref = _reference_index(variants, options)
             references = {i: outputs[ref] for i in outputs} if ref in outputs else {}
-        score(rows, outputs, held_out.labels, references)
+            reference_variants = {i: variants[ref] for i in references}
+        score(rows, variants, outputs, held_out, references, reference_variants)
     machine = next((r["machine"] for rs in results.values() for r in rs if "machine" in r), {})
     if emulated:
         machine = target.guest_machine(machine)
@@ -439,6 +387,8 @@ def estimate_rows(rows: list[BenchRow], profiles: list[DeviceProfile]) -> list[B
             estimates.append(BenchRow(row.model, row.format, row.precision, "estimate", profile.name, threads,
                                       row.batch, status="estimated", estimated_ms=ms, size_bytes=row.size_bytes,
                                       macs=row.macs, path=row.path,
-                                      note=f"{profile.name} estimate (not measured): MACs ÷ calibrated efficiency; "
+                                      task=row.task,
+                                      note=f"{profile.name} estimate (not measured): MACs ÷ calibrated efficiency"
+                                           f"{' of the network (decoding + NMS not in it)' * (row.task == 'detect')}; "
                                            f"{profile.basis()}"))
     return estimates

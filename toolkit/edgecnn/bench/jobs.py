@@ -42,7 +42,7 @@ def run_job(command: list[str], job: dict, folder: Path, env: dict[str, str], ti
 # The modules the device needs, and nothing that imports torch or OpenCV: package __init__ files are
 # replaced by empty ones so importing edgecnn.runtime.backends does not pull in the classifier.
 BUNDLE_MODULES = ("__init__.py", "errors.py", "native.py", "runtime/backends.py", "runtime/modelfile.py",
-                  "runtime/integrity.py", "runtime/formats/__init__.py",
+                  "runtime/integrity.py", "runtime/decoding.py", "runtime/formats/__init__.py",
                   *(f"runtime/formats/{name}.py" for name in FORMATS), "bench/machine.py", "bench/runner.py")
 BUNDLE_MAIN = "import sys\n\nfrom edgecnn.bench.runner import main\n\nsys.exit(main())\n"
 

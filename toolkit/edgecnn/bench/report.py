@@ -49,7 +49,9 @@ def row_cells(r: BenchRow) -> list[str]:
     return [name, r.format, r.precision, r.backend or "—", str(r.threads), str(r.batch), status,
             _size(r.size_bytes), median, _num(r.p90_ms), _num(r.p99_ms), _num(r.throughput_ips, 1),
             _num(r.load_ms, 1), _num(r.first_ms, 2), _num(r.peak_rss_mb, 1), _macs(r.macs),
-            "—" if r.efficiency is None else f"{r.efficiency:.1%}", _pct(r.accuracy), _pct(r.agreement)]
+            "—" if r.efficiency is None else f"{r.efficiency:.1%}",
+            _pct(r.accuracy) if r.map50 is None else f"mAP50 {r.map50:.3f}",
+            _pct(r.agreement) if r.box_agreement is None else f"boxes {r.box_agreement:.3f}"]
 
 
 def machine_line(machine: dict, device: str = "") -> str:
@@ -80,6 +82,13 @@ def print_bench_table(console: Console, rows: list[BenchRow], machine: dict, not
                   "measurement; agree: same top-1 as "
                   + ("the same file on this x86 host (emulated rows carry no times)" if emulated
                      else "the float reference"))
+    if any(r.task == "detect" for r in rows):
+        console.print("detectors: accuracy is mAP@0.5 against the dataset's boxes, agree is box agreement (mAP@0.5 "
+                      "against the reference model's boxes); a file's latency includes decoding + NMS, a PyTorch "
+                      "row's is the network alone")
+        for r in rows:
+            if r.decode_ms is not None:
+                console.print(f"{r.model} ({r.threads} thr): decoding + NMS {r.decode_ms:.2f} ms of the median")
     for note in dict.fromkeys(r.note for r in rows if r.note):
         console.print(note)
     for r in rows:

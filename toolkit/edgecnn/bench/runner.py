@@ -97,17 +97,44 @@ def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 0) -> np.n
     return rng.standard_normal(shape).astype(dtype)
 
 
-def run_samples(backend, samples: np.ndarray, batch: int) -> np.ndarray:
-    """Float outputs of every prepared sample, `batch` at a time (the model's fixed batch size)."""
-    out = backend.outputs[0]
+def run_samples(backend, samples: np.ndarray, batch: int, which: list[int]) -> list[np.ndarray]:
+    """Float outputs `which` (indices into the model's outputs) of every prepared sample, `batch` at a time (the
+    model's fixed batch size)."""
     chunks = []
     for start in range(0, len(samples), batch):
         x = samples[start : start + batch]
         short = batch - len(x)
         if short:  # a fixed-batch model gets the last partial batch padded, and the padding dropped
             x = np.concatenate([x, np.repeat(x[-1:], short, axis=0)])
-        chunks.append(out.dequantize(backend.run(x)[0])[: batch - short])
-    return np.concatenate(chunks)
+        raw = backend.run(x)
+        chunks.append([backend.outputs[i].dequantize(raw[i])[: batch - short] for i in which])
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+class DecodedRun:
+    """A detector's timed run: inference, then decoding and NMS of every sample in the batch, as a camera script
+    pays for them; the decoding's own share is kept apart (`decode_ms`)."""
+
+    def __init__(self, backend, settings: dict):
+        from edgecnn.runtime.decoding import Decoding, find_box_and_score_outputs
+
+        try:
+            import cv2  # noqa: F401  (NMS; checked before timing, not on the first decode)
+        except ImportError:
+            raise RuntimeError("a detector's decoding and NMS need OpenCV on the device: "
+                               "pip install opencv-python-headless there") from None
+        self.backend, self.decoding = backend, Decoding.from_card(settings)
+        self.which = list(find_box_and_score_outputs(backend.outputs, settings["outputs"],
+                                                     len(self.decoding.coding.anchors)))
+        self.decode_ms: list[float] = []
+
+    def __call__(self, x: np.ndarray) -> None:
+        raw = self.backend.run(x)
+        start = time.perf_counter()
+        boxes, scores = (self.backend.outputs[i].dequantize(raw[i]) for i in self.which)
+        for sample_boxes, sample_scores in zip(boxes, scores, strict=True):
+            self.decoding(sample_boxes, sample_scores)
+        self.decode_ms.append((time.perf_counter() - start) * 1000)
 
 
 def onnx_profile(path: str, threads: int, x: np.ndarray, runs: int, top: int) -> list[dict]:
@@ -172,11 +199,18 @@ def execute(job: dict) -> dict:
     backend = load_backend(job["model"], job["threads"], shape, job.get("backend"))
     load_ms = (time.perf_counter() - started) * 1000
     x = random_input(shape, backend.input.dtype, job.get("seed", 0))
-    first_ms, samples = time_runs(lambda: backend.run(x), job["warmup"], job["runs"], job["min_seconds"])
-    result = timing_result(backend.name, load_ms, first_ms, samples, shape, backend.input.dtype.name)
-    if job.get("inputs"):
-        outputs = run_samples(backend, np.load(job["inputs"]), shape[0])
-        result["outputs"] = encode_array(outputs)
+    samples = np.load(job["inputs"]) if job.get("inputs") else None
+    decoded = DecodedRun(backend, job["detect"]) if job.get("detect") else None
+    if decoded is not None and samples is not None:
+        x = np.resize(samples, shape).astype(backend.input.dtype)  # real frames: NMS sees a real number of boxes
+    run = (lambda: decoded(x)) if decoded is not None else (lambda: backend.run(x))
+    first_ms, times = time_runs(run, job["warmup"], job["runs"], job["min_seconds"])
+    result = timing_result(backend.name, load_ms, first_ms, times, shape, backend.input.dtype.name)
+    if decoded is not None:
+        result["decode_ms"] = decoded.decode_ms[-len(times):]
+    if samples is not None and job.get("want_outputs", True):
+        which = decoded.which if decoded is not None else list(range(len(backend.outputs)))
+        result["outputs"] = [encode_array(o) for o in run_samples(backend, samples, shape[0], which)]
     if job.get("profile"):
         if backend.name == "onnxruntime":
             result["profile"] = onnx_profile(job["model"], job["threads"], x, job.get("profile_runs", 20), 15)

@@ -79,11 +79,13 @@ def execute(job: dict) -> dict:
         _, samples = time_runs(run, job["warmup"], job["runs"], job["min_seconds"])
         result = timing_result(f"torch-{device.type}" + ("-graph" if cuda_graph else ""), load_ms, first_ms, samples,
                                (batch, 3, size, size), str(dtype).removeprefix("torch."))
-        if job.get("inputs"):
+        if job.get("inputs") and job.get("want_outputs", True):
             images = torch.from_numpy(np.load(job["inputs"]))
-            logits = [model(normalise_batch(images[i : i + 256], ckpt.preprocess, device).to(dtype=dtype))
-                      .float().cpu().numpy() for i in range(0, len(images), 256)]
-            result["outputs"] = encode_array(np.concatenate(logits))
+            chunks = []
+            for i in range(0, len(images), 256):
+                out = model(normalise_batch(images[i : i + 256], ckpt.preprocess, device).to(dtype=dtype))
+                chunks.append([o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))])
+            result["outputs"] = [encode_array(np.concatenate(parts)) for parts in zip(*chunks, strict=True)]
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -57,9 +57,10 @@ def device_options(f):
               help="Images per run (models with a dynamic batch dimension).")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure every variant this many times in turns (A B A B ...), each in a fresh process.")
-@click.option("--dataset", help="Held-out data for accuracy and agreement: digits, fashion-mnist, imagefolder:DIR ...")
+@click.option("--dataset", help="Held-out data for accuracy and agreement: digits, fashion-mnist, imagefolder:DIR ...; "
+              "for detectors coco:DIR or yolo:DIR (mAP@0.5 and box agreement).")
 @click.option("--images", type=click.Path(path_type=Path),
-              help="Folder of unlabelled photos for top-1 agreement only (instead of --dataset).")
+              help="Folder of unlabelled photos for top-1 (or box) agreement only (instead of --dataset).")
 @click.option("--eval-samples", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images used with --dataset / --images.")
 @click.option("--reference", type=click.Path(path_type=Path),
@@ -111,7 +112,7 @@ def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | Non
     rows, machine = benchmark(models, options, target, console)
     rows += failed_exports + estimate_rows(rows, profiles)
     notes = []
-    if (options.dataset or options.images) and all(r.agreement is None for r in rows):
+    if (options.dataset or options.images) and all(r.agreement is None and r.box_agreement is None for r in rows):
         notes.append("agreement: no float reference among these models; give --reference FLOAT_MODEL")
     if machine.get("peak") and any(r.efficiency is not None for r in rows):
         notes.append(f"eff.: peak = {machine['peak']}")

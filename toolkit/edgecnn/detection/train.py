@@ -21,10 +21,10 @@ from edgecnn.detection.data import BoxDataset, load_box_dataset
 from edgecnn.detection.metrics import Boxes, decode_boxes, detection_map
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import normalise_batch
-from edgecnn.models.ssdlite import EVAL_MIN_SCORE, DetectionLoss, SSDLite, build_detector
+from edgecnn.models.ssdlite import DetectionLoss, SSDLite, build_detector
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, resize_image
 from edgecnn.recipe import Recipe, with_train_defaults
-from edgecnn.runtime.detector import Decoding
+from edgecnn.runtime.decoding import EVAL_MIN_SCORE, Decoding
 from edgecnn.train import TrainResult, learning_rate, make_optimizer, resolve_device
 
 DEFAULT_IMG_SIZE = 320

@@ -13,9 +13,9 @@ from torch import nn
 
 from edgecnn.detection.metrics import Boxes, box_agreement, decode_boxes, detection_map
 from edgecnn.export.sources import Images
-from edgecnn.models.ssdlite import EVAL_MIN_SCORE
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime import Detector, load
+from edgecnn.runtime.decoding import EVAL_MIN_SCORE
 from edgecnn.runtime.modelfile import ModelFile, read_model_file
 
 

@@ -24,13 +24,12 @@ from torchvision.ops import boxes as box_ops
 
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.models import build_model, load_pretrained, weights_state_dict
-from edgecnn.runtime.detector import BoxCoding, Decoding
+from edgecnn.runtime.decoding import BoxCoding, Decoding
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's SSD box coder: dx, dy, dw, dh
 BOX_ORDER = "xywh"
 # What the runtime shows by default: boxes scoring ≥ 0.5, suppressed above IoU 0.55 (torchvision SSDLite's NMS).
 DEPLOY_MIN_SCORE, DEPLOY_NMS_IOU = 0.5, 0.55
-EVAL_MIN_SCORE = 0.05  # mAP needs the low-scoring boxes too: its precision-recall curve runs through them
 NEW_LAYERS = ("head", "backbone.extra")  # what an ImageNet backbone does not bring
 
 
