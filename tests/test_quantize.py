@@ -116,3 +116,53 @@ def test_a_tensor_of_almost_one_value_is_histogrammed():
     assert h.counts.sum() == 1000
     low, high = activation_range(h, "mse")
     assert low == 0.0 and high >= 0.3
+
+
+def _dc_heavy_model() -> tuple[torch.nn.Module, torch.Tensor]:
+    """Few weights per output channel reading inputs far from zero: int8 rounding of the weights shifts every
+    output's mean by ΔW · E[x], what bias correction removes (one layer without a bias, one depthwise)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 4))
+    return model.eval(), torch.rand(32, 3, 16, 16) * 0.5 + 2.0
+
+
+def _mean_error(outputs: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs((outputs - reference).mean(0)).mean())
+
+
+def test_bias_correction_removes_the_mean_error_of_weight_rounding():
+    from edgecnn.quantize import pt2e
+
+    model, calibration = _dc_heavy_model()
+    observed = pt2e.observe(model, calibration, "NCHW")
+    with torch.no_grad():
+        reference = model(calibration).numpy()
+        plain = observed.convert("minmax", correct_bias=False)(calibration).numpy()
+        corrected = observed.convert("minmax")(calibration).numpy()
+    assert _mean_error(corrected, reference) < 0.5 * _mean_error(plain, reference)
+    assert np.abs(corrected - reference).mean() < np.abs(plain - reference).mean()
+
+
+def test_onnx_bias_correction_removes_the_mean_error_of_weight_rounding(tmp_path):
+    import onnxruntime as ort
+    from edgecnn.export.onnx import Builder
+    from edgecnn.export.sources import ExportSource
+    from edgecnn.preprocess import Preprocess
+
+    model, calibration = _dc_heavy_model()
+    source = ExportSource(model, Preprocess(img_size=16), ["a", "b", "c", "d"], "custom")
+    builder = Builder(source, calibration, scheme_for("x86-avx2"), tmp_path)
+    builder.candidate.method = "minmax"
+    scheme = builder.build(tmp_path / "int8.onnx", [])
+    assert "biases corrected" in scheme
+
+    def outputs(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"input": x[None].numpy()})[0] for x in calibration])
+
+    with torch.no_grad():
+        reference = model(calibration).numpy()
+    plain = outputs(tmp_path / "probe.onnx")  # the same weights and minmax ranges, biases as trained
+    corrected = outputs(tmp_path / "int8.onnx")
+    assert _mean_error(corrected, reference) < 0.5 * _mean_error(plain, reference)

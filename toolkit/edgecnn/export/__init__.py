@@ -59,6 +59,7 @@ class Artefact:
     confident_agreement: float | None = None  # on images the float model is ≥ 50 % sure of
     confident_samples: int = 0
     max_logit_error: float = float("nan")
+    logit_sqnr_db: float | None = None  # a classifier's logits against the float model's (dB)
     export_seconds: float = 0.0
     samples: int = 0
     status: str = "ok"  # ok | gate failed | float ops left | export failed
@@ -313,6 +314,7 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
         agreement=checked.agreement, confident_agreement=checked.confident_agreement,
         confident_samples=checked.confident_samples, max_logit_error=checked.max_logit_error,
+        logit_sqnr_db=checked.logit_sqnr_db,
         export_seconds=round(time.perf_counter() - started, 2), samples=checked.samples,
         float_layers=float_layers or [],
         ops={"total": len(ops.ops), "compute": len(ops.compute_ops), "int8": len(ops.int8_ops),

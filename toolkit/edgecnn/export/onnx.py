@@ -239,6 +239,61 @@ def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, flo
             raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
+def _input_means(model, names: Sequence[str], calibration: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-channel mean of each named tensor (N×C×H×W or N×C) over the calibration images."""
+    session = _session(_with_outputs(model, names))
+    sums: dict[str, np.ndarray] = {}
+    for values in _tensor_values(session, calibration.numpy().astype(np.float32)):
+        for name in names:
+            x = values[name].astype(np.float64)
+            sums[name] = sums.get(name, 0) + x.mean(axis=tuple(d for d in range(x.ndim) if d != 1))
+    return {name: total / len(calibration) for name, total in sums.items()}
+
+
+def correct_rounding_bias(prepared: Path, probe: Path, corrected: Path, calibration: torch.Tensor) -> None:
+    """Write to `corrected` the prepared float model with each Conv/Gemm bias lowered by the mean output error its
+    weights' int8 rounding causes (ΔW · E[x], bias correction as for the .tflite): ΔW from `probe`, a quantization
+    of `prepared` (weight quantization depends on the weights alone, not on activation ranges), E[x] the input's
+    per-channel mean on the calibration images. A layer without a bias gets one."""
+    from onnx import numpy_helper
+
+    model, quantized = onnx.load(prepared), onnx.load(probe)
+    weights = {i.name: i for i in model.graph.initializer}
+    codes = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    layers = {}
+    for node in quantized.graph.node:
+        dequantize = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type in ("Conv", "Gemm") and getattr(dequantize, "op_type", "") == "DequantizeLinear":
+            q, scale, zero = (codes[name].astype(np.float64) for name in dequantize.input[:3])
+            axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
+            shape = [-1 if d == axis else 1 for d in range(q.ndim)]
+            layers[node.name] = (q - zero.reshape(shape)) * scale.reshape(shape)
+    nodes = [n for n in model.graph.node if n.name in layers and n.input[1] in weights]
+    means = _input_means(model, [n.input[0] for n in nodes], calibration)
+    for node in nodes:
+        weight = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        error, mean = layers[node.name] - weight, means[node.input[0]]
+        if node.op_type == "Gemm":
+            transposed = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            shift = error @ mean if transposed else mean @ error
+        else:
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            per_group = mean.reshape(groups, -1).repeat(len(weight) // groups, axis=0)
+            shift = (error.reshape(*error.shape[:2], -1).sum(2) * per_group).sum(1)
+        if len(node.input) > 2 and node.input[2]:
+            bias = weights[node.input[2]]
+            bias.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(bias) - shift).astype(np.float32), bias.name))
+        else:
+            name = f"{node.name}_rounding_bias"
+            model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
+            if len(node.input) == 2:
+                node.input.append(name)
+            else:
+                node.input[2] = name
+    onnx.save(model, corrected)
+
+
 class Builder:
     """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and report layer errors."""
 
@@ -285,13 +340,21 @@ class Builder:
             export_float_onnx(self._model, size, exported, self.source.task)
             prepare_for_quantization(exported, self._prepared)
             self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
-        ranges = {name: activation_range(h, self.candidate.method) for name, h in self._histograms.items()}
-        quantize_onnx(self._prepared, path, ranges, self.scheme, float_nodes)
+            probe = self.scratch / "probe.onnx"
+            quantize_onnx(self._prepared, probe, self._ranges("minmax"), self.scheme)
+            correct_rounding_bias(self._prepared, probe, self.scratch / "corrected.onnx", self.calibration)
+        # The corrected copy is quantized; the prepared one stays the float reference of the layer errors.
+        quantize_onnx(self.scratch / "corrected.onnx", path, self._ranges(self.candidate.method), self.scheme,
+                      float_nodes)
         self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
         return (f"{trained}{self.runtime} QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
-                f"per-channel {bits} int8 weights; activation ranges: {self.method}")
+                f"per-channel {bits} int8 weights, biases corrected for their rounding; activation ranges: "
+                f"{self.method}")
+
+    def _ranges(self, method: str) -> dict[str, tuple[float, float]]:
+        return {name: activation_range(h, method) for name, h in self._histograms.items()}
 
     @property
     def layer_errors(self) -> list[dict]:

@@ -30,13 +30,14 @@ def print_export_table(console: Console, artefacts: list[Artefact], verification
     detector = verification.boxes is not None
     table = Table(title=f"verified on {len(verification)} images: {verification.description}")
     quality = ("mAP@0.5", "float mAP@0.5", "box agr.") if detector else ("accuracy", "float acc.", "agreement",
-                                                                          "sure agr.")
+                                                                          "sure agr.", "logit SQNR")
     for column in ("artefact", "int8", "size", *quality, "max |Δlogit|", "float ops", "seconds", "status"):
         table.add_column(column)
     for a in artefacts:
         scores = ((_number(a.map50), _number(a.float_map50), _number(a.box_agreement)) if detector else
                   (_pct(a.accuracy), _pct(a.float_accuracy), _pct(a.agreement),
-                   f"{_pct(a.confident_agreement)} of {a.confident_samples}"))
+                   f"{_pct(a.confident_agreement)} of {a.confident_samples}",
+                   "—" if a.logit_sqnr_db is None else f"{a.logit_sqnr_db:.1f} dB"))
         table.add_row(a.path, "yes" if a.int8 else "no", f"{a.size_bytes / 1024:.1f} KiB", *scores,
                       f"{a.max_logit_error:.4f}", _first(a.float_ops, 3), f"{a.export_seconds:.1f}", a.status)
     console.print(table)
@@ -45,7 +46,8 @@ def print_export_table(console: Console, artefacts: list[Artefact], verification
                       "PyTorch model's boxes (score ≥ the card's threshold)")
     else:
         console.print("agreement: same top-1 as the float PyTorch model; sure agr.: the same, on images the float "
-                      "model is ≥ 50 % sure of")
+                      "model is ≥ 50 % sure of; logit SQNR: signal-to-noise ratio of the logits against the float "
+                      "model's (steadier than agreement on few images)")
     for a in artefacts:
         if a.calibration:
             console.print(f"{a.path}: {a.scheme['target'] if a.scheme else ''} scheme, activation ranges "

@@ -102,7 +102,8 @@ class Builder:
         graph = observed.convert(self.candidate.method, self.fold_weights)
         self._last = (observed, graph)
         self.write(graph, path, float_layers)
-        return f"{qat.scheme_prefix if qat else ''}{SCHEME}; activation ranges: {self.candidate.name}"
+        return (f"{qat.scheme_prefix if qat else ''}{SCHEME}, biases corrected for their rounding; activation "
+                f"ranges: {self.candidate.name}")
 
     @property
     def layer_errors(self) -> list[dict]:

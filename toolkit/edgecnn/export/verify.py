@@ -94,6 +94,8 @@ class Verification:
     confident_agreement: float | None
     confident_samples: int
     map50: float | None = None  # a detector's mAP@0.5 against the ground truth
+    # Signal-to-noise ratio (dB) of the logits against the float model's: steadier than agreement on few images.
+    logit_sqnr_db: float | None = None
 
     @property
     def float_ops(self) -> list[str]:
@@ -137,7 +139,15 @@ def verify(path: Path, images: Images, reference: FloatReference) -> Verificatio
     sure = confident(reference)
     same = logits.argmax(1) == reference.logits.argmax(1)
     sure_agreement = float(same[sure].mean()) if sure.any() else None
-    return Verification(model_file, accuracy, agreement, max_error, len(images), sure_agreement, int(sure.sum()))
+    return Verification(model_file, accuracy, agreement, max_error, len(images), sure_agreement, int(sure.sum()),
+                        logit_sqnr_db=logit_sqnr_db(logits, reference.logits))
+
+
+def logit_sqnr_db(logits: np.ndarray, reference: np.ndarray) -> float:
+    """10·log10(Σ reference² / Σ (logits − reference)²), capped at 200 dB for identical outputs."""
+    noise = float(((logits.astype(np.float64) - reference) ** 2).sum())
+    return round(min(200.0, 10 * np.log10(max(float((reference.astype(np.float64) ** 2).sum()), 1e-30)
+                                          / max(noise, 1e-30))), 2)
 
 
 def _verify_detector(path: Path, model_file: ModelFile, outputs: list[np.ndarray], images: Images,
