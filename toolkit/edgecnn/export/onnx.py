@@ -250,11 +250,10 @@ def _input_means(model, names: Sequence[str], calibration: torch.Tensor) -> dict
     return {name: total / len(calibration) for name, total in sums.items()}
 
 
-def correct_rounding_bias(prepared: Path, probe: Path, corrected: Path, calibration: torch.Tensor) -> None:
-    """Write to `corrected` the prepared float model with each Conv/Gemm bias lowered by the mean output error its
-    weights' int8 rounding causes (ΔW · E[x], bias correction as for the .tflite): ΔW from `probe`, a quantization
-    of `prepared` (weight quantization depends on the weights alone, not on activation ranges), E[x] the input's
-    per-channel mean on the calibration images. A layer without a bias gets one."""
+def rounding_bias_shifts(prepared: Path, probe: Path, calibration: torch.Tensor) -> dict[str, np.ndarray]:
+    """Conv/Gemm node → the mean output error its weights' int8 rounding causes (ΔW · E[x], bias correction as for
+    the .tflite): ΔW from `probe`, a quantization of `prepared` (weight quantization depends on the weights alone,
+    not on activation ranges), E[x] the input's per-channel mean on the calibration images."""
     from onnx import numpy_helper
 
     model, quantized = onnx.load(prepared), onnx.load(probe)
@@ -271,6 +270,7 @@ def correct_rounding_bias(prepared: Path, probe: Path, corrected: Path, calibrat
             layers[node.name] = (q - zero.reshape(shape)) * scale.reshape(shape)
     nodes = [n for n in model.graph.node if n.name in layers and n.input[1] in weights]
     means = _input_means(model, [n.input[0] for n in nodes], calibration)
+    shifts = {}
     for node in nodes:
         weight = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
         error, mean = layers[node.name] - weight, means[node.input[0]]
@@ -281,6 +281,21 @@ def correct_rounding_bias(prepared: Path, probe: Path, corrected: Path, calibrat
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
             per_group = mean.reshape(groups, -1).repeat(len(weight) // groups, axis=0)
             shift = (error.reshape(*error.shape[:2], -1).sum(2) * per_group).sum(1)
+        shifts[node.name] = shift
+    return shifts
+
+
+def corrected_model(prepared: Path, shifts: dict[str, np.ndarray], float_nodes: Sequence[str], path: Path) -> None:
+    """Write to `path` the prepared float model with the bias of every node that will be quantized lowered by its
+    rounding shift (a node kept in float keeps its bias); a layer without a bias gets one."""
+    from onnx import numpy_helper
+
+    model = onnx.load(prepared)
+    weights = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        shift = shifts.get(node.name)
+        if shift is None or node.name in float_nodes:
+            continue
         if len(node.input) > 2 and node.input[2]:
             bias = weights[node.input[2]]
             bias.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(bias) - shift).astype(np.float32), bias.name))
@@ -291,7 +306,7 @@ def correct_rounding_bias(prepared: Path, probe: Path, corrected: Path, calibrat
                 node.input.append(name)
             else:
                 node.input[2] = name
-    onnx.save(model, corrected)
+    onnx.save(model, path)
 
 
 class Builder:
@@ -307,6 +322,7 @@ class Builder:
         self._last: Path | None = None
         self._prepared: Path | None = None
         self._histograms: dict[str, Histogram] = {}
+        self._shifts: dict[str, np.ndarray] = {}  # node → bias correction for its weights' rounding
         self._nodes: dict[str, str] = {}
 
     @property
@@ -342,10 +358,11 @@ class Builder:
             self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
             probe = self.scratch / "probe.onnx"
             quantize_onnx(self._prepared, probe, self._ranges("minmax"), self.scheme)
-            correct_rounding_bias(self._prepared, probe, self.scratch / "corrected.onnx", self.calibration)
-        # The corrected copy is quantized; the prepared one stays the float reference of the layer errors.
-        quantize_onnx(self.scratch / "corrected.onnx", path, self._ranges(self.candidate.method), self.scheme,
-                      float_nodes)
+            self._shifts = rounding_bias_shifts(self._prepared, probe, self.calibration)
+        # A corrected copy is quantized; the prepared model stays the float reference of the layer errors.
+        corrected = self.scratch / "corrected.onnx"
+        corrected_model(self._prepared, self._shifts, float_nodes, corrected)
+        quantize_onnx(corrected, path, self._ranges(self.candidate.method), self.scheme, float_nodes)
         self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"

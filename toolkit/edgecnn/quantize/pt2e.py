@@ -227,9 +227,10 @@ class _InputSums(torch.fx.Interpreter):
     def run_node(self, node):
         if node.target in WEIGHTED:
             x = self.env[node.args[0]]
-            dims = [d for d in range(x.dim()) if d != 1] if x.dim() == 4 else list(range(x.dim() - 1))
+            channel = 1 if node.target == torch.ops.aten.conv2d.default else x.dim() - 1  # linear: the last
+            dims = [d for d in range(x.dim()) if d != channel]
             self.sums[node.name] = self.sums.get(node.name, 0) + x.double().sum(dim=dims)
-            self.counts[node.name] = self.counts.get(node.name, 0) + x.numel() // x.shape[1 if x.dim() == 4 else -1]
+            self.counts[node.name] = self.counts.get(node.name, 0) + x.numel() // x.shape[channel]
         return super().run_node(node)
 
 
