@@ -66,8 +66,11 @@ class Variant:
     pre: Preprocess | None = None  # a checkpoint's preprocessing (files carry theirs)
     sha256: str | None = None  # the verified file's hash: the runner checks the copy it loads against it
     note: str = ""  # e.g. that the file carries no edgecnn content hash
-    task: str = "classify"  # or "detect"
     detect: dict | None = None  # a detector's card section: how its outputs decode (the runner times decoding too)
+
+    @property
+    def task(self) -> str:
+        return "detect" if self.detect is not None else "classify"
 
 
 @dataclass
@@ -146,11 +149,10 @@ def file_variants(path: Path, options: BenchOptions) -> list[Variant]:
     shape = resolve_input_shape(model_file, options.batch_size, options.input_shape)
     macs = ((model_file.card or {}).get("source") or {}).get("macs") or file_macs(path)
     digest = hashlib.sha256(model_bytes(path)).hexdigest() if options.verify else None
-    task = task_of(model_file.card)
-    detect = (model_file.card or {}).get("detect") if task == "detect" else None
+    detect = (model_file.card or {}).get("detect") if task_of(model_file.card) == "detect" else None
     return [Variant(path, model_file.format, _precision(model_file), t, shape, path.name, macs=macs,
                     size_bytes=model_size(path), sha256=digest, note="; ".join(model_file.notes), backend=backend,
-                    task=task, detect=detect)
+                    detect=detect)
             for backend in _engines(path, options.backends) for t in options.threads]
 
 
@@ -185,7 +187,7 @@ def checkpoint_variants(path: Path, options: BenchOptions, device: str) -> list[
     model = ckpt.build()
     common = {"name": path.name, "runner": "edgecnn.bench.torch_runner", "pre": ckpt.preprocess,
               "macs": complexity(model, size).macs,
-              "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values()), "task": ckpt.task,
+              "size_bytes": sum(t.numel() * t.element_size() for t in ckpt.state_dict.values()),
               # decoded here, not in the runner: a PyTorch row times the network alone
               "detect": model.card_section("boxes", "scores") if ckpt.task == "detect" else None}
     if device == "cuda":
@@ -308,7 +310,9 @@ def _measure(variants: list[Variant], options: BenchOptions, target, console) ->
                                   f"{variant.precision} threads={variant.threads} batch={variant.input_shape[0]}"
                                   f"[/dim]")
                 job = job_for(variant, options)
-                job["want_outputs"] = round_index == 0  # later rounds only time (a detector times real inputs)
+                job["want_outputs"] = round_index == 0  # later rounds only time
+                if round_index and variant.detect is None:  # a detector times real inputs every round
+                    job["inputs"] = None
                 results[i].append(target.run(variant, job))
     return results
 
