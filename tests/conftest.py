@@ -16,11 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # EDGECNN_RELIABILITY_JSON=FILE the session writes them there (benchmarks/reliability.py does).
 RELIABILITY: dict[str, dict[str, int]] = {}
 
+# Under pytest-xdist each worker's processes get an even share of the cores: two workers each running PyTorch (and
+# the exports it starts) on every core spin against each other (two concurrent int8 exports: 50 s against 43 s
+# with one thread each, measured on the 2-core machine). A value already set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, _share)
+
 
 def record(entry: str, **counts: int) -> None:
     row = RELIABILITY.setdefault(entry, {})
     for key, value in counts.items():
         row[key] = row.get(key, 0) + value
+
+
+def pytest_configure(config) -> None:
+    """`--dist loadgroup` keeps an xdist_group on one worker by appending `@group` to its tests' ids, which
+    pytest-xdist 3.8 does through an attribute pytest 9 no longer reads: each worker would then build the group's
+    heavy fixtures, or wait for the other's. Stop with the reason instead of running twice as slowly."""
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple[0] >= 9:
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist ignores xdist_group: install the "
+                                "pytest version pyproject.toml's dev extra names (pip install 'pytest<9')")
 
 
 def pytest_sessionfinish(session) -> None:

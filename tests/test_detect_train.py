@@ -14,6 +14,7 @@ from edgecnn.runtime import Detector, load
 
 REAL_WEIGHTS = "mobilenet_v2-b0353104.pth"
 SIZE = 320
+pytestmark = pytest.mark.xdist_group("student")  # one worker trains it; the other is not kept waiting
 
 
 @pytest.fixture(scope="session")
