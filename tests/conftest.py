@@ -197,6 +197,19 @@ def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
             "openvino": out / "tinycnn_int8.xml"}
 
 
+@pytest.fixture(scope="session")
+def digits_float(digits_checkpoint, tmp_path_factory) -> Path:
+    """The folder of the digits checkpoint's float exports (tinycnn.tflite, .onnx, .xml + .bin) and the export's
+    JSON report (report.json). Tests that change a file copy it first."""
+    def make(out: Path) -> Path:
+        result = edgecnn("export", digits_checkpoint, "--format", "tflite,onnx,openvino", "--out", out,
+                         "--json", out / "report.json")
+        assert result.returncode == 0, result.stderr
+        return out
+
+    return build_once(tmp_path_factory, "digits-float", make)
+
+
 TEACHER = ROOT.parent / "shared" / "assets" / "ssdlite_person"
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

@@ -78,13 +78,13 @@ def test_edge_models_export_fully_int8(trained, name, tmp_path):
     check_int8_artefacts(report, calibration="mse")
 
 
-def test_float_export_matches_pytorch(digits_checkpoint, tmp_path):
-    result, report = export_json(digits_checkpoint, "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_float_export_matches_pytorch(digits_float):
+    report = json.loads((digits_float / "report.json").read_text())
+    assert {a["format"] for a in report["artifacts"]} == {"tflite", "onnx", "openvino"}
     for a in report["artifacts"]:
         assert a["int8"] is False and a["agreement"] == 1.0 and a["max_logit_error"] < 1e-3 and a["logit_sqnr_db"] > 60
         assert read_model_file(a["path"]).card["quantization"]["scheme"] is None
-    assert {p.name for p in tmp_path.iterdir()} >= {"tinycnn.tflite", "tinycnn.onnx"}
+    assert {p.name for p in digits_float.iterdir()} >= {"tinycnn.tflite", "tinycnn.onnx"}
 
 
 def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
@@ -102,9 +102,8 @@ def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
     assert x86["artifacts"][0]["scheme"]["reduce_range"] is False
 
 
-def test_info_shows_the_card(digits_checkpoint, tmp_path):
-    export_json(digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path)
-    for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
+def test_info_shows_the_card(digits_int8):
+    for path in (digits_int8["tflite"], digits_int8["onnx"]):
         shown = edgecnn("info", path)
         assert shown.returncode == 0, shown.stderr
         assert "32×32" in shown.stdout and "calibration" in shown.stdout and "0, 1, 2" in shown.stdout
@@ -113,16 +112,15 @@ def test_info_shows_the_card(digits_checkpoint, tmp_path):
         assert card["labels"] == [str(d) for d in range(10)] and card["preprocess"]["img_size"] == 32
         assert card["source"]["model"] == "tinycnn" and card["edgecnn_version"]
         assert summary["ops"]["float"] == 0 and summary["ops"]["int8"] > 0
-    tflite_card = json.loads(edgecnn("info", tmp_path / "tinycnn_int8.tflite", "--json", "-").stdout)["card"]
+    tflite_card = json.loads(edgecnn("info", digits_int8["tflite"], "--json", "-").stdout)["card"]
     assert tflite_card["input"]["layout"] == "NHWC" and tflite_card["input"]["dtype"] == "int8"
     assert tflite_card["input"]["scale"] > 0
 
 
-def test_runtime_classifies_from_the_card_alone(digits_checkpoint, tmp_path):
+def test_runtime_classifies_from_the_card_alone(digits_int8):
     """A camera script needs only the file: BGR frames of any size in, labels out."""
-    export_json(digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path)
     test = load_dataset("digits").test
-    for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
+    for path in (digits_int8["tflite"], digits_int8["onnx"]):
         clf = runtime.load(path, threads=1)
         frames = [cv2.resize(cv2.cvtColor(test.image(i), cv2.COLOR_GRAY2BGR), (64, 48)) for i in range(100)]
         predictions = clf.predict_batch(frames)
@@ -252,9 +250,9 @@ def test_a_model_that_cannot_be_exported_is_named(tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
-def test_card_round_trip_and_replacement(digits_checkpoint, tmp_path):
-    export_json(digits_checkpoint, "--out", tmp_path)
+def test_card_round_trip_and_replacement(digits_float, tmp_path):
     for path in (tmp_path / "tinycnn.tflite", tmp_path / "tinycnn.onnx"):
+        path.write_bytes((digits_float / path.name).read_bytes())
         card = read_model_file(path).card
         embed_card(path, {**card, "labels": list("abcdefghij"), "note": 1})
         embed_card(path, {**card, "labels": list("ABCDEFGHIJ"), "note": 2})
@@ -266,9 +264,8 @@ def test_card_round_trip_and_replacement(digits_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
-def test_info_refuses_corrupt_files(digits_checkpoint, tmp_path, suffix):
-    export_json(digits_checkpoint, "--out", tmp_path)
-    data = (tmp_path / f"tinycnn{suffix}").read_bytes()
+def test_info_refuses_corrupt_files(digits_float, tmp_path, suffix):
+    data = (digits_float / f"tinycnn{suffix}").read_bytes()
     (tmp_path / f"trunc{suffix}").write_bytes(data[: len(data) // 3])
     (tmp_path / f"random{suffix}").write_bytes(np.random.default_rng(0).bytes(5000))
     for name in ("trunc", "random"):

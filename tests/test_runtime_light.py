@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, assert_clean_error, edgecnn
+from conftest import ROOT, assert_clean_error
 
 NO_TORCH = """
 import sys
@@ -22,9 +22,8 @@ print("heavy:", heavy)
 """
 
 
-def test_runtime_and_info_import_no_torch(digits_checkpoint, tmp_path):
-    assert edgecnn("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--out", tmp_path).returncode == 0
-    for path in (tmp_path / "tinycnn_int8.tflite", tmp_path / "tinycnn_int8.onnx"):
+def test_runtime_and_info_import_no_torch(digits_int8):
+    for path in (digits_int8["tflite"], digits_int8["onnx"], digits_int8["openvino"]):
         result = subprocess.run([sys.executable, "-c", NO_TORCH, str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "heavy: []" in result.stdout
