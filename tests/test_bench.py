@@ -14,6 +14,7 @@ from edgecnn.bench.harness import held_out_images
 from edgecnn.bench.machine import cpu_description, decode_throttled, machine_info
 from edgecnn.runtime import load
 from edgecnn.runtime.formats import installed_formats
+from edgecnn.runtime.modelfile import read_model_file
 from onnx import TensorProto, helper
 
 ROW_FIELDS = ("model", "backend", "device", "threads", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
@@ -69,15 +70,18 @@ def test_threads_and_rounds(digits_int8, tmp_path):
 
 
 def test_all_formats_table_plot_and_markdown(digits_checkpoint, tmp_path):
-    report = bench_json(digits_checkpoint, "--all-formats", "--export-dir", tmp_path / "x", "--runs", "20",
-                        "--eval-samples", "150", "--plot", tmp_path / "p.png", "--md", tmp_path / "t.md",
-                        "--csv", tmp_path / "t.csv", path=tmp_path / "r.json")
+    # One range method (as `export --calibration`): auto's four candidates per format are tested on export.
+    report = bench_json(digits_checkpoint, "--all-formats", "--calibration", "minmax", "--export-dir", tmp_path / "x",
+                        "--runs", "20", "--eval-samples", "150", "--plot", tmp_path / "p.png", "--md",
+                        tmp_path / "t.md", "--csv", tmp_path / "t.csv", path=tmp_path / "r.json")
     rows = report["results"]
     kinds = sorted((r["format"], r["precision"]) for r in rows)
     # every format whose package is installed (`make test` installs them all), float and int8, beside PyTorch
     exported = [(f, p) for f in installed_formats() for p in ("float32", "int8")]
     assert kinds == sorted([("pytorch", "float32"), *exported])
     assert all(r["status"] == "ok" and r["accuracy"] > 0.85 and r["agreement"] >= 0.95 for r in rows)
+    int8_files = [Path(r["path"]) for r in rows if r["precision"] == "int8"]
+    assert all("activation ranges: minmax" in read_model_file(f).card["quantization"]["scheme"] for f in int8_files)
     assert sum(r["fastest"] for r in rows) == 1
     fastest = next(r for r in rows if r["fastest"])
     assert fastest["median_ms"] == min(r["median_ms"] for r in rows)

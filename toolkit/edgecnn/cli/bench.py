@@ -9,6 +9,7 @@ from rich.table import Table
 
 from edgecnn.cli.common import (
     THREADS,
+    calibration_option,
     console,
     int_list,
     json_option,
@@ -80,6 +81,7 @@ def device_options(f):
               help="--all-formats: an int8 export losing more top-1 points fails the accuracy gate.")
 @click.option("--int8-target", default="host", show_default=True,
               help="--all-formats: CPU the int8 scheme is for (as export --target): host, x86-avx2, x86-vnni, arm.")
+@calibration_option("--all-formats: the int8 exports' activation ranges")
 @device_options
 @no_verify_option()
 @json_option('the results {"machine": ..., "results": [...]}')
@@ -133,6 +135,7 @@ def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | Non
 def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list[Path], list]:
     """The checkpoint plus its verified exports (and rows for the exports that failed) for --all-formats."""
     from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.quantize.calibrate import parse_calibration
     from edgecnn.workflows.bench_formats import export_all_formats
 
     if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
@@ -142,7 +145,8 @@ def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list
                            "bench the exported files on other devices")
     out = params["export_dir"] or models[0].parent / "bench-export"
     exported, failed = export_all_formats(models[0], out, options.dataset, options.eval_samples,
-                                          params["max_accuracy_drop"], params["int8_target"], console)
+                                          params["max_accuracy_drop"], params["int8_target"],
+                                          parse_calibration(params["calibration"]), console)
     if not (options.dataset or options.images):
         options.dataset = load_checkpoint(models[0]).dataset
     return models + exported, failed

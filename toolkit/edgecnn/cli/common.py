@@ -52,6 +52,12 @@ def json_option(what: str) -> Any:
                         callback=_json_destination, help=f"Write {what} as JSON to this file (- for stdout).")
 
 
+def calibration_option(what: str = "Activation ranges") -> Any:
+    return click.option("--calibration", default="auto", show_default=True,
+                        help=f"{what}: auto (best agreement on the calibration images), minmax, percentile, mse, "
+                             "entropy.")
+
+
 def no_verify_option(what: str = "Do not check edgecnn files against their content hash.") -> Any:
     return click.option("--no-verify", is_flag=True, help=what)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli.common import IMG_SIZE, console, json_option, write_json_output
+from edgecnn.cli.common import IMG_SIZE, calibration_option, console, json_option, write_json_output
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 
@@ -32,9 +32,7 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Verify on at most N held-out images [all].")
 @click.option("--target", default="host", show_default=True,
               help="CPU the int8 scheme is for: host (this machine's ISA), x86-avx2, x86-vnni, arm (pi4, pi5).")
-@click.option("--calibration", default="auto", show_default=True,
-              help="Activation ranges: auto (best agreement on the calibration images), minmax, percentile, mse, "
-                   "entropy.")
+@calibration_option()
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
 @click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")

@@ -16,7 +16,7 @@ STATUS = {"gate failed": "accuracy gate failed", "float ops left": "float ops le
 
 
 def export_all_formats(checkpoint: Path, out_dir: Path, dataset: str | None, eval_samples: int,
-                       max_accuracy_drop: float | None, target: str, console: Console
+                       max_accuracy_drop: float | None, target: str, calibration_method: str, console: Console
                        ) -> tuple[list[Path], list[BenchRow]]:
     """(artefacts to benchmark, rows for the exports that failed) for each installed format × float32 and int8."""
     from edgecnn.export import ExportOptions, export
@@ -33,7 +33,7 @@ def export_all_formats(checkpoint: Path, out_dir: Path, dataset: str | None, eva
     artefacts = []
     for int8 in (False, True):
         options = ExportOptions(formats=installed_formats(), int8=int8, target=target,
-                                max_accuracy_drop=max_accuracy_drop)
+                                max_accuracy_drop=max_accuracy_drop, calibration=calibration_method)
         artefacts += export(source, options, out_dir, calibration if int8 else None, verification, console)
     ok = [Path(a.path) for a in artefacts if a.status == "ok"]
     failed = [
