@@ -16,6 +16,7 @@ from edgecnn.bench.arm64_emu import QEMU_NAMES, default_folder, setup_userland
 from edgecnn.bench.machine import machine_info
 from edgecnn.bench.profiles import MOBILENET_V2_MACS, PROFILES, measured_profile
 from edgecnn.bench.report import machine_line
+from edgecnn.checkpoint import load_checkpoint
 from filelock import FileLock
 
 HAS_QEMU = any(shutil.which(name) for name in QEMU_NAMES)
@@ -105,14 +106,19 @@ def test_onnx_exported_for_arm_runs_on_the_emulated_pi5(userland, digits_checkpo
                      "digits", "--json", report, timeout=900)
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(report.read_text())["results"]
-    # The agreement is with the same file on this x86 host: without VNNI, onnxruntime runs the S8S8 file through
-    # saturating 16-bit sums there (the Arm result is the reference), so a few digits may differ.
-    assert row["status"] == "ok" and row["precision"] == "int8" and row["agreement"] >= 0.95
-    assert row["accuracy"] > 0.9
+    # What the export promises: on the Pi, the int8 file keeps the float model's accuracy on held-out digits.
+    float_top1 = load_checkpoint(digits_checkpoint).metrics["top1"]
+    assert row["status"] == "ok" and row["precision"] == "int8" and row["accuracy"] >= float_top1 - 0.02, row
+    # The agreement is with the same file on this x86 host, where onnxruntime without VNNI runs S8S8 through
+    # saturating 16-bit sums: the host's answers are the ones off (91.9 % the same as the Pi's on one AVX2-only
+    # host, ≥ 95 % on another with another checkpoint). A preprocessing or layout slip on the Pi would give ~10 %.
+    assert row["agreement"] >= 0.9, row
 
 
-def test_bad_arm64_emu_inputs(digits_int8, tmp_path):
+def test_bad_arm64_emu_inputs(digits_int8, digits_checkpoint, tmp_path):
     """No userland needed: these fail before anything is emulated."""
+    assert_clean_error(edgecnn("bench", digits_checkpoint, "--device", "arm64-emu"), "runs on --device cpu or cuda",
+                       "to run it on arm64-emu")
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--device", "arm64-emu:cortex-a53"),
                        "unknown CPU 'cortex-a53'", "cortex-a76")
     no_qemu = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # python and edgecnn, no qemu, no mmdebstrap

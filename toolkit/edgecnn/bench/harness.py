@@ -207,7 +207,7 @@ def variants_for(paths: list[Path], options: BenchOptions, device: str) -> list[
         if kind == "pytorch":
             if device not in ("cpu", "cuda"):
                 raise EdgeCNNError(f"{path}: a PyTorch checkpoint runs on --device cpu or cuda; export it to "
-                                   ".tflite/.onnx to run it on {device}")
+                                   f".tflite/.onnx to run it on {device}")
             variants += checkpoint_variants(path, options, device)
         else:
             if device == "cuda":
