@@ -156,6 +156,9 @@ def test_bad_bench_input(digits_int8, digits_checkpoint, tmp_path):
     assert_clean_error(edgecnn("bench", digits_int8["tflite"], "--all-formats"), "one edgecnn checkpoint")
     assert_clean_error(edgecnn("bench", digits_checkpoint, "--all-formats", "--device", "ssh://pi@localhost"),
                        "--device cpu")
+    assert_clean_error(edgecnn("bench", digits_checkpoint, "--all-formats", "--calibration", "mean", "--export-dir",
+                               tmp_path / "x"), "unknown calibration 'mean'", "minmax")
+    assert not (tmp_path / "x").exists()  # refused before anything was exported
 
 
 def _has_cuda() -> bool:
