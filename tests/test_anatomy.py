@@ -145,8 +145,9 @@ def test_convnext_edge_trains_exports_and_reports_its_float_layers(tmp_path_fact
 
     checkpoint = train_quietly(tmp_path_factory.mktemp("convnext"), "convnext", "convnext_edge", epochs=3, lr=0.05)
     report = tmp_path / "export.json"
-    # Refused in one format (the refusal is format-independent; each format's float ops are checked below).
-    strict = edgecnn("export", checkpoint, "--int8", "--format", "tflite", "--calibration", "minmax", "--out",
+    # Refused in one format (the refusal is format-independent; each format's float ops are checked below), with
+    # the float op named by its PyTorch module as in the .tflite (the QDQ graph keeps the exporter's name scopes).
+    strict = edgecnn("export", checkpoint, "--int8", "--format", "onnx", "--calibration", "minmax", "--out",
                      tmp_path / "strict")
     assert_clean_error(strict, "float ops left", "features.0.1")  # the stem's LayerNorm, named
     result = edgecnn("export", checkpoint, "--int8", "--calibration", "minmax", "--allow-float-ops", "--out", tmp_path,

@@ -21,7 +21,7 @@ from edgecnn.native import quiet_native_output
 from edgecnn.quantize.calibrate import Candidate
 from edgecnn.quantize.ranges import Histogram, activation_range
 from edgecnn.quantize.target import Scheme
-from edgecnn.runtime.formats.onnx import onnx_layer_path
+from edgecnn.runtime.formats.onnx import NAME_SCOPES, onnx_layer_path
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = {"classify": ["logits"], "detect": ["boxes", "scores"]}  # by task: what the model returns
@@ -239,6 +239,19 @@ def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, flo
             raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
+def keep_name_scopes(source: Path, path: Path) -> None:
+    """Give the nodes of the quantized model at `path` the PyTorch name scopes their namesakes in the exported
+    `source` carry (onnxruntime's pre-processing and quantizer drop node metadata): the ops a report names, float
+    ones included, are then named by module path as in the .tflite."""
+    scopes = {node.name: prop for node in onnx.load(source).graph.node for prop in node.metadata_props
+              if prop.key == NAME_SCOPES}
+    model = onnx.load(path)
+    for node in model.graph.node:
+        if node.name in scopes and not any(prop.key == NAME_SCOPES for prop in node.metadata_props):
+            node.metadata_props.append(scopes[node.name])
+    onnx.save(model, path)
+
+
 def _input_means(model, names: Sequence[str], calibration: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-channel mean of each named tensor (N×C×H×W or N×C) over the calibration images."""
     session = _session(_with_outputs(model, names))
@@ -363,6 +376,7 @@ class Builder:
         corrected = self.scratch / "corrected.onnx"
         corrected_model(self._prepared, self._shifts, float_nodes, corrected)
         quantize_onnx(corrected, path, self._ranges(self.candidate.method), self.scheme, float_nodes)
+        keep_name_scopes(self.scratch / "float.onnx", path)
         self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"

@@ -83,10 +83,13 @@ def read(path: Path) -> ModelFile:
     return ModelFile(path, "onnx", ops, io(graph.input), io(graph.output), card)
 
 
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # node metadata torch's ONNX exporter writes
+
+
 def onnx_layer_path(node) -> str:
     """The PyTorch module a node came from (torch's exporter records name scopes), else the node's name."""
     for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
+        if prop.key == NAME_SCOPES:
             try:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
