@@ -239,12 +239,15 @@ def quantize_onnx(prepared: Path, path: Path, ranges: dict[str, tuple[float, flo
             raise EdgeCNNError(f"onnxruntime could not quantize the model: {first_line(e)}") from None
 
 
-def keep_name_scopes(source: Path, path: Path) -> None:
-    """Give the nodes of the quantized model at `path` the PyTorch name scopes their namesakes in the exported
-    `source` carry (onnxruntime's pre-processing and quantizer drop node metadata): the ops a report names, float
-    ones included, are then named by module path as in the .tflite."""
-    scopes = {node.name: prop for node in onnx.load(source).graph.node for prop in node.metadata_props
-              if prop.key == NAME_SCOPES}
+def name_scopes(model) -> dict:
+    """Node name → the PyTorch name-scope metadata torch's exporter gave it."""
+    return {node.name: prop for node in model.graph.node for prop in node.metadata_props if prop.key == NAME_SCOPES}
+
+
+def keep_name_scopes(scopes: dict, path: Path) -> None:
+    """Give the nodes of the quantized model at `path` the `name_scopes` of their namesakes in the export
+    (onnxruntime's pre-processing and quantizer drop node metadata): the ops a report names, float ones included,
+    are then named by module path as in the .tflite."""
     model = onnx.load(path)
     for node in model.graph.node:
         if node.name in scopes and not any(prop.key == NAME_SCOPES for prop in node.metadata_props):
@@ -337,6 +340,7 @@ class Builder:
         self._histograms: dict[str, Histogram] = {}
         self._shifts: dict[str, np.ndarray] = {}  # node → bias correction for its weights' rounding
         self._nodes: dict[str, str] = {}
+        self._scopes: dict = {}  # node name → its PyTorch name scopes, read once from the float export
 
     @property
     def _model(self) -> nn.Module:
@@ -368,6 +372,7 @@ class Builder:
             exported, self._prepared = self.scratch / "float.onnx", self.scratch / "prepared.onnx"
             export_float_onnx(self._model, size, exported, self.source.task)
             prepare_for_quantization(exported, self._prepared)
+            self._scopes = name_scopes(onnx.load(exported))
             self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
             probe = self.scratch / "probe.onnx"
             quantize_onnx(self._prepared, probe, self._ranges("minmax"), self.scheme)
@@ -376,7 +381,7 @@ class Builder:
         corrected = self.scratch / "corrected.onnx"
         corrected_model(self._prepared, self._shifts, float_nodes, corrected)
         quantize_onnx(corrected, path, self._ranges(self.candidate.method), self.scheme, float_nodes)
-        keep_name_scopes(self.scratch / "float.onnx", path)
+        keep_name_scopes(self._scopes, path)
         self._last = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
