@@ -163,7 +163,8 @@ def outlier_channel_checkpoint(path, out):
 
 def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_path):
     ckpt = outlier_channel_checkpoint(digits_checkpoint, tmp_path / "outlier.pt")
-    common = ("--int8", "--calibration", "minmax", "--max-accuracy-drop", "2", "--eval-samples", "200")
+    common = ("--int8", "--calibration", "minmax", "--max-accuracy-drop", "2", "--eval-samples", "200",
+              "--no-equalize")
     strict, report = export_json(ckpt, *common, "--no-fallback", "--out", tmp_path / "strict")
     assert_clean_error(strict, "gate failed", "> --max-accuracy-drop 2")
     assert [a["status"] for a in report["artifacts"]] == ["gate failed", "gate failed"]
@@ -180,6 +181,12 @@ def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_pa
         assert a["fallback"]["float_layers"] == a["float_layers"] and a["fallback"]["int8_drop"] > 2
         assert a["fallback"]["latency_ms"] > 0 and a["fallback"]["size_bytes_int8"] > 0
         assert read_model_file(a["path"]).card["quantization"]["float_layers"] == a["float_layers"]
+
+    # Equalization (the default) rescales the outlier channel against its neighbours: fully int8 within budget.
+    result, report = export_json(ckpt, *common[:-1], "--no-fallback", "--out", tmp_path / "equalized")
+    assert result.returncode == 0, result.stderr
+    for a in report["artifacts"]:
+        assert a["status"] == "ok" and not a["float_layers"] and a["calibration"]["equalization"]["groups"] >= 1, a
 
 
 def test_pretrained_weights_with_a_calibration_folder(tmp_path):

@@ -166,3 +166,135 @@ def test_onnx_bias_correction_removes_the_mean_error_of_weight_rounding(tmp_path
     plain = outputs(tmp_path / "probe.onnx")  # the same weights and minmax ranges, biases as trained
     corrected = outputs(tmp_path / "int8.onnx")
     assert _mean_error(corrected, reference) < 0.5 * _mean_error(plain, reference)
+
+
+class _InvertedResidual(torch.nn.Module):
+    """A stem, one MobileNetV2 block with its residual sum, a head: every kind of channel group equalize() scales.
+    Channels span four decades (BatchNorm scales); one expansion channel saturates ReLU6, one is dead."""
+
+    def __init__(self):
+        super().__init__()
+
+        def conv_bn(cin, cout, k=1, groups=1, act=True):
+            layers = [torch.nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                      torch.nn.BatchNorm2d(cout)]
+            return torch.nn.Sequential(*layers, torch.nn.ReLU6()) if act else torch.nn.Sequential(*layers)
+
+        self.stem = conv_bn(3, 8, 3, act=False)
+        self.expand, self.depthwise = conv_bn(8, 32), conv_bn(32, 32, 3, groups=32)
+        self.project, self.head = conv_bn(32, 8, act=False), conv_bn(8, 16)
+        self.classifier = torch.nn.Linear(16, 4)
+        torch.manual_seed(0)
+        for norm in (m for m in self.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.weight.data = torch.logspace(-2, 1, len(norm.weight))[torch.randperm(len(norm.weight))]
+            norm.bias.data = 0.1 * norm.weight.data
+        self.expand[1].bias.data[0] = 50.0  # saturates at 6
+        self.expand[1].bias.data[1] = -1e3  # never above 0
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1))
+
+
+def _channel_peaks(model, module, images):
+    peaks = []
+    handle = module.register_forward_hook(lambda m, i, o: peaks.append(o.abs().amax(dim=(0, 2, 3))))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    return peaks[0]
+
+
+def test_equalization_keeps_the_outputs_and_evens_the_channels():
+    from edgecnn.quantize.equalize import MAX_GROWTH, equalize
+
+    model = _InvertedResidual().eval()
+    calibration = torch.randn(16, 3, 16, 16)
+    equalized, report = equalize(model, calibration)
+    # stem + residual sum → expand/head (dense), expand → depthwise (free), depthwise → project (dense)
+    assert report == {"groups": 3, "channels": report["channels"]} and report["channels"] > 40
+    with torch.no_grad():
+        torch.testing.assert_close(equalized(calibration), model(calibration), rtol=1e-4, atol=1e-4)
+    before, after = _channel_peaks(model, model.expand, calibration), _channel_peaks(equalized, equalized.expand,
+                                                                                        calibration)
+    assert before[0] == after[0] == 6.0 and before[1] == after[1] == 0.0  # saturated and dead channels as they were
+    # Read by a depthwise conv: raised to the widest channel (at most MAX_GROWTH times).
+    assert before[2:].min() < 0.01 * before.max()
+    torch.testing.assert_close(after[2:], (before[2:] * MAX_GROWTH).clamp(max=6.0), rtol=1e-4, atol=1e-4)
+    spread = [(p.min() / p.max()).item() for p in (_channel_peaks(m, m.depthwise, calibration) for m in
+                                                   (model, equalized))]
+    assert spread[1] > 3 * spread[0]  # read by a dense conv: balanced against its weight columns
+    assert all(torch.isfinite(p).all() for p in equalized.parameters())
+
+
+def test_equalization_lowers_int8_noise():
+    from edgecnn.quantize import pt2e
+    from edgecnn.quantize.equalize import equalize
+
+    model, calibration = _InvertedResidual().eval(), torch.randn(32, 3, 16, 16)
+    with torch.no_grad():
+        reference = model(calibration)
+
+    def noise(m):
+        observed = pt2e.observe(m, calibration, "NCHW")
+        with torch.no_grad():
+            return float(((observed.convert("minmax")(calibration) - reference) ** 2).mean())
+
+    assert noise(equalize(model, calibration)[0]) < 0.8 * noise(model)
+
+
+def test_a_model_torch_fx_cannot_trace_is_quantized_as_it_is():
+    from edgecnn.quantize.equalize import equalize
+
+    class Branching(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    model = Branching().eval()
+    equalized, report = equalize(model, torch.rand(2, 3, 8, 8))
+    assert "torch.fx cannot trace" in report["skipped"]
+    assert torch.equal(equalized.conv.weight, model.conv.weight)
+
+
+def test_a_shared_convolution_is_not_equalized():
+    """One module called twice holds one set of weights: it cannot take two groups' scales."""
+    from edgecnn.quantize.equalize import equalize
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.shared = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+            self.a.weight.data[0] *= 100
+
+        def forward(self, x):
+            return self.shared(torch.relu(self.shared(torch.relu(self.a(x)))))
+
+    model, calibration = Shared().eval(), torch.rand(4, 3, 8, 8)
+    equalized, report = equalize(model, calibration)
+    assert report == {"groups": 0, "channels": 0}
+    with torch.no_grad():
+        assert torch.equal(equalized(calibration), model(calibration))
+
+
+@pytest.mark.parametrize("name", ["tinycnn", "resnet8", "mobilenet_v2", "mobilenet_v3_small_edge", "resnet18",
+                                  "shufflenet_v2_x0_5", "efficientnet_b0", "convnext_edge"])
+def test_equalization_keeps_registry_models_outputs(name):
+    from edgecnn.models import build_model
+    from edgecnn.quantize.equalize import equalize
+
+    torch.manual_seed(0)
+    model = build_model(name, 10).eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.weight.data.uniform_(0.01, 3.0)  # channels of unequal range, as trained ones are
+        norm.bias.data.uniform_(-1.0, 1.0)
+    calibration = torch.randn(8, 3, 64, 64)
+    equalized, report = equalize(model, calibration)
+    assert "skipped" not in report
+    assert (report["groups"] > 0) == (name != "convnext_edge")  # LayerNorm and GELU do not commute with scales
+    with torch.no_grad():
+        torch.testing.assert_close(equalized(calibration), model(calibration), rtol=1e-4, atol=1e-4)

@@ -33,6 +33,8 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 @click.option("--target", default="host", show_default=True,
               help="CPU the int8 scheme is for: host (this machine's ISA), x86-avx2, x86-vnni, arm (pi4, pi5).")
 @calibration_option()
+@click.option("--no-equalize", is_flag=True,
+              help="Quantize the channels as trained (default: rescale them so one int8 range fits all).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
 @click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")
@@ -52,7 +54,8 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
 
     scheme_for(params["target"])  # an unknown name fails before any work
     options = options_from(ExportOptions, params, formats=parse_formats(params["formats"]),
-                           fallback=not params["no_fallback"], calibration=parse_calibration(params["calibration"]))
+                           fallback=not params["no_fallback"], equalize=not params["no_equalize"],
+                           calibration=parse_calibration(params["calibration"]))
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is not None:

@@ -10,6 +10,7 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class ExportOptions:
     allow_float_ops: bool = False
     sidecar: bool = False  # also write FILE.sha256 beside each artefact
     calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
+    equalize: bool = True  # rescale activation channels before post-training int8 (edgecnn.quantize.equalize)
 
 
 @dataclass
@@ -195,7 +197,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
-    calib_tensor = scheme = calib_reference = None
+    calib_tensor = scheme = calib_reference = equalization = None
+    reference = float_reference(source.model, source.pre, verification, task=source.task)
     if options.int8:
         from edgecnn.loader import normalise_batch
         from edgecnn.quantize.target import scheme_for
@@ -203,7 +206,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         scheme = scheme_for(options.target)
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
         calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
-    reference = float_reference(source.model, source.pre, verification, task=source.task)
+        if options.equalize and source.qat is None:
+            source, equalization = _equalized(source, calib_tensor)
     if source.macs is None:
         from edgecnn.summary import complexity
 
@@ -226,6 +230,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             except OSError as e:  # a full disk while building: nothing is written under the final name
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed",
                                     error=f"cannot write {final}: {e.strerror or e}")
+            if equalization is not None and artefact.calibration is not None:
+                artefact.calibration["equalization"] = equalization
             artefacts.append(artefact)
             if artefact.status == "ok":
                 verified.append((artefact, work))
@@ -240,6 +246,14 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
                     artefact.status = "export failed"
                     artefact.error = str(e) if isinstance(e, EdgeCNNError) else f"cannot write {artefact.path}: {e}"
     return artefacts
+
+
+def _equalized(source: ExportSource, calibration: torch.Tensor) -> tuple[ExportSource, dict]:
+    """The source with its activation channels equalized for int8 (the float reference keeps the original)."""
+    from edgecnn.quantize.equalize import equalize
+
+    model, report = equalize(source.model, calibration)
+    return dataclasses.replace(source, model=model), report
 
 
 def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,

@@ -1,0 +1,240 @@
+"""Per-channel activation equalization before int8: rescale channels so one per-tensor range fits them all.
+
+    model, report = equalize(model, calibration)
+
+int8 activations get one scale per tensor, so a tensor whose channels differ in range (MobileNetV2's first
+convolution: most channels under 0.5, one at 4.5) spends its levels on the widest channel and rounds the others
+to a few steps. A channel can be divided by s without changing the model when everything between the layers
+that write it and the layers that read it is per-channel and positively homogeneous (BatchNorm output, ReLU,
+ReLU6 below its clip, max pooling, residual sums): the writers' output channel is divided by s (weights per
+output channel: no effect on their int8 precision) and the readers' input channel multiplied by s. A depthwise
+reader holds each input channel in its own per-channel weight scale, so there every channel is raised to the
+widest for free; a dense reader's weight column grows with s, so there the channel's activation range and its
+weight column (relative to its rows) meet half-way, as in cross-layer equalization (Nagel et al. 2019).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecnn.errors import first_line
+
+MAX_GROWTH = 256.0  # a channel below 1/256 of the widest is raised to that much, not further
+
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d)
+_PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6}
+_SUMS = {operator.add, torch.add}
+
+
+@dataclass
+class _Group:
+    """Tensors that must share one per-channel scale: those its writers produce and everything per-channel in
+    between, up to the convolutions that read them."""
+
+    writers: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = field(default_factory=list)
+    readers: list[nn.Conv2d] = field(default_factory=list)
+    measured: list[str] = field(default_factory=list)  # node names whose values int8 quantizes per tensor
+    clip: float = float("inf")  # the lowest upper clip (ReLU6: 6) among the group's activations
+
+
+def _clamps_at_zero(module: nn.Module) -> bool:
+    return isinstance(module, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0
+
+
+class _Groups:
+    """Union-find over the traced graph's tensors, then the groups whose every member and reader allows scaling."""
+
+    def __init__(self, graph: torch.fx.GraphModule):
+        self.modules = dict(graph.named_modules())
+        self.nodes = list(graph.graph.nodes)
+        self.parent = {n: n for n in self.nodes}
+        self.calls = Counter(n.target for n in self.nodes if n.op == "call_module")
+
+    def find(self, node):
+        while self.parent[node] is not node:
+            self.parent[node] = self.parent[self.parent[node]]
+            node = self.parent[node]
+        return node
+
+    def union(self, a, b) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+    def module(self, node) -> nn.Module | None:
+        return self.modules.get(node.target) if node.op == "call_module" else None
+
+    def layer(self, node) -> nn.Module | None:
+        """The node's module if it is called once: a shared module's weights cannot take two groups' scales."""
+        return self.module(node) if node.op == "call_module" and self.calls[node.target] == 1 else None
+
+    def writer(self, node) -> tuple[nn.Conv2d, nn.BatchNorm2d | None] | None:
+        """(conv, its BatchNorm) when the node's value is a convolution's output channels."""
+        module = self.layer(node)
+        if isinstance(module, nn.Conv2d):
+            users = list(node.users)
+            if len(users) == 1 and isinstance(self.layer(users[0]), nn.BatchNorm2d):
+                return None  # the BatchNorm's output is the one scaled
+            return module, None
+        if isinstance(module, nn.BatchNorm2d) and module.affine:
+            source = node.args[0]
+            conv = self.layer(source)
+            if isinstance(conv, nn.Conv2d) and len(source.users) == 1:
+                return conv, module
+        return None
+
+    def passes(self, node) -> bool:
+        module = self.module(node)
+        if module is not None:
+            return isinstance(module, _PASS_MODULES) or _clamps_at_zero(module)
+        if node.op != "call_function":
+            return False
+        if node.target in _SUMS:
+            return len(node.args) == 2 and all(isinstance(a, torch.fx.Node) for a in node.args) and not node.kwargs
+        return node.target in _PASS_FUNCTIONS
+
+    def activation(self, node) -> bool:
+        module = self.module(node)
+        if module is not None:
+            return isinstance(module, (nn.ReLU, nn.ReLU6)) or _clamps_at_zero(module)
+        return node.op == "call_function" and node.target in _PASS_FUNCTIONS
+
+    def reads(self, node, value) -> bool:
+        """The node is a convolution taking `value` as its input."""
+        return isinstance(self.layer(node), nn.Conv2d) and node.args[0] is value
+
+    def groups(self) -> list[_Group]:
+        members = [n for n in self.nodes if self.writer(n) or self.passes(n)]
+        for node in members:
+            if self.passes(node):
+                for arg in node.all_input_nodes:
+                    self.union(node, arg)
+        by_root: dict = {}
+        for node in self.nodes:
+            by_root.setdefault(self.find(node), []).append(node)
+        found = []
+        for nodes in by_root.values():
+            group = self._group(nodes, set(members))
+            if group is not None:
+                found.append(group)
+        return found
+
+    def _group(self, nodes: list, members: set) -> _Group | None:
+        if any(n not in members for n in nodes):
+            return None  # a graph input, a reshape, a multiply: something that does not keep channels apart
+        group = _Group()
+        for node in nodes:
+            module = self.module(node)
+            if isinstance(module, nn.Hardtanh):
+                group.clip = min(group.clip, module.max_val)
+            elif node.target is F.relu6:
+                group.clip = min(group.clip, 6.0)
+            if (written := self.writer(node)) is not None:
+                group.writers.append(written)
+            others = [u for u in node.users if u not in nodes]
+            if not all(self.reads(u, node) for u in others):
+                return None
+            group.readers += [self.module(u) for u in others]
+            if not all(self.activation(u) for u in node.users):  # an activation fused to its writer is not
+                group.measured.append(node.name)  # quantized before it, only after
+        return group if group.writers and group.readers else None
+
+
+def _channel_ranges(graph: torch.fx.GraphModule, names: set[str], calibration: torch.Tensor) -> dict:
+    """Largest |value| of each channel of the named nodes on the calibration images."""
+    ranges: dict[str, torch.Tensor] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            if node.name in names and isinstance(result, torch.Tensor) and result.dim() == 4:
+                peak = result.detach().abs().amax(dim=(0, 2, 3))
+                ranges[node.name] = torch.maximum(ranges[node.name], peak) if node.name in ranges else peak
+            return result
+
+    with torch.no_grad():
+        for i in range(0, len(calibration), 32):
+            Recorder(graph).run(calibration[i : i + 32])
+    return ranges
+
+
+def _column_ranges(conv: nn.Conv2d) -> torch.Tensor:
+    """Per input channel, its largest weight relative to the range of the output channel (row) holding it:
+    what int8 sees with one scale per output channel."""
+    weight = conv.weight.detach().abs().flatten(2).amax(dim=2)  # out × in/groups
+    relative = weight / weight.amax(dim=1, keepdim=True).clamp_min(1e-30)
+    per_group = relative.view(conv.groups, conv.out_channels // conv.groups, -1).amax(dim=1)
+    return per_group.flatten()  # input channel c = group · (in/groups) + column
+
+
+def _scales(group: _Group, peak: torch.Tensor) -> torch.Tensor | None:
+    """s per channel (its values divided by s, its readers' weights multiplied): activation range a and
+    relative weight range w meet at sqrt(a·w) each (CLE's balance; for depthwise readers the weights do not
+    matter and the channel goes all the way to the widest). Neither the tensor's nor any weight row's range
+    widens; a channel that ReLU6 clips keeps its scale."""
+    widest = peak.max()
+    if widest <= 0:
+        return None
+    dense = [r for r in group.readers if r.groups != r.in_channels]
+    if dense:
+        columns = torch.stack([_column_ranges(r) for r in dense]).amax(dim=0)
+        s = ((peak / widest) / (columns / columns.max().clamp_min(1e-30))).sqrt()
+    else:
+        s = peak / widest
+    s = s.clamp(1.0 / MAX_GROWTH, MAX_GROWTH)
+    keep = (peak <= 0) | (peak >= group.clip) | ~torch.isfinite(s)
+    if dense:
+        keep |= columns <= 0
+    return torch.where(keep, torch.ones_like(s), s)
+
+
+def _scale_writer(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, s: torch.Tensor) -> None:
+    if norm is not None:
+        norm.weight.div_(s)
+        norm.bias.div_(s)
+        return
+    conv.weight.div_(s.view(-1, 1, 1, 1))
+    if conv.bias is not None:
+        conv.bias.div_(s)
+
+
+def _scale_reader(conv: nn.Conv2d, s: torch.Tensor) -> None:
+    """Multiply the weights that read input channel c by s[c] (grouped convolutions: within c's group)."""
+    per_group = conv.in_channels // conv.groups
+    out_per_group = conv.out_channels // conv.groups
+    weight = conv.weight.view(conv.groups, out_per_group, per_group, *conv.weight.shape[2:])
+    weight.mul_(s.view(conv.groups, 1, per_group, 1, 1))
+
+
+def equalize(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.Module, dict]:
+    """A copy of `model` with its activation channels equalized on the calibration images (normalised NCHW),
+    and what was done: {"groups": n, "channels": n} or {"skipped": why}. The model's outputs do not change (up to
+    float rounding, and ReLU6's clip for values beyond the calibration images' range)."""
+    model = copy.deepcopy(model).eval()
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except Exception as e:  # control flow or ops torch.fx cannot trace: quantize the model as it is
+        return model, {"skipped": f"torch.fx cannot trace the model: {first_line(e)}"}
+    groups = _Groups(graph).groups()
+    ranges = _channel_ranges(graph, {name for g in groups for name in g.measured}, calibration)
+    scaled = done = 0
+    with torch.no_grad():
+        for group in groups:
+            if any(name not in ranges for name in group.measured):
+                continue
+            peak = torch.stack([ranges[name] for name in group.measured]).amax(dim=0)
+            s = _scales(group, peak)
+            if s is None:
+                continue
+            for conv, norm in group.writers:
+                _scale_writer(conv, norm, s)
+            for conv in group.readers:
+                _scale_reader(conv, s)
+            done += 1
+            scaled += int((s != 1).sum())
+    return model, {"groups": done, "channels": scaled}
