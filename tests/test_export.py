@@ -54,6 +54,9 @@ def check_int8_artefacts(report, fmt_count=2, calibration="auto"):
         assert errors and [e["sqnr_db"] for e in errors] == sorted(e["sqnr_db"] for e in errors)
         assert all(e["layer"] and "node_" not in e["layer"] for e in errors)
         assert a["scheme"]["target"] and a["scheme"]["reason"]
+        # Channel equalization ran (every model here has a conv → BatchNorm → ReLU → conv chain) and the card says so.
+        assert chosen["equalization"]["groups"] >= 1 and chosen["equalization"]["channels"] >= 1, chosen
+        assert read_model_file(a["path"]).card["quantization"]["equalization"] == chosen["equalization"]
     onnx = next(a for a in artefacts if a["format"] == "onnx")
     assert {e["layer"] for e in onnx["layer_errors"]} == {e["layer"] for e in tflite["layer_errors"]}
     return artefacts
@@ -107,6 +110,7 @@ def test_info_shows_the_card(digits_int8):
         shown = edgecnn("info", path)
         assert shown.returncode == 0, shown.stderr
         assert "32×32" in shown.stdout and "calibration" in shown.stdout and "0, 1, 2" in shown.stdout
+        assert "channels rescaled in 3 groups" in shown.stdout
         summary = json.loads(edgecnn("info", path, "--json", "-").stdout)
         card = summary["card"]
         assert card["labels"] == [str(d) for d in range(10)] and card["preprocess"]["img_size"] == 32

@@ -257,7 +257,7 @@ def test_a_model_torch_fx_cannot_trace_is_quantized_as_it_is():
 
     model = Branching().eval()
     equalized, report = equalize(model, torch.rand(2, 3, 8, 8))
-    assert "torch.fx cannot trace" in report["skipped"]
+    assert "cannot copy or trace the model (torch.fx)" in report["skipped"]
     assert torch.equal(equalized.conv.weight, model.conv.weight)
 
 
@@ -296,5 +296,48 @@ def test_equalization_keeps_registry_models_outputs(name):
     equalized, report = equalize(model, calibration)
     assert "skipped" not in report
     assert (report["groups"] > 0) == (name != "convnext_edge")  # LayerNorm and GELU do not commute with scales
+    with torch.no_grad():
+        torch.testing.assert_close(equalized(calibration), model(calibration), rtol=1e-4, atol=1e-4)
+
+
+class _Unusual(torch.nn.Module):
+    """Graphs where a careless rescale changes the model or crashes: a convolution reading and writing one
+    residual stream, ReLU6 beside an unclipped reader, a one-channel sum broadcast over four, tied weights, a
+    module called with keywords."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+        self.one, self.dw = torch.nn.Conv2d(3, 1, 1), torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        with torch.no_grad():
+            self.a.weight[0] *= 50  # one wide channel: every group wants rescaling
+            self.a.weight[1] *= -40  # one channel far below zero: ReLU6 zeroes it at any scale
+        self.tied = torch.nn.Conv2d(3, 4, 1)
+        self.b_twin = torch.nn.Conv2d(4, 4, 1)
+        self.b_twin.weight = self.b.weight  # two modules, one weight: two groups would scale it twice
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.kind == "self-reading":
+            y = torch.relu(y)
+            return self.dw(y + self.b(y))
+        if self.kind == "relu6 beside":
+            return self.dw(torch.nn.functional.relu6(y)) + self.b(y)
+        if self.kind == "broadcast":
+            return self.b(y + self.one(x))
+        if self.kind == "tied":
+            return self.b(torch.relu(y)) + self.b_twin(torch.relu(self.tied(x)))
+        return self.b(input=torch.relu(y))
+
+
+@pytest.mark.parametrize("kind", ["self-reading", "relu6 beside", "broadcast", "tied", "keywords"])
+def test_equalization_of_unusual_graphs_keeps_the_outputs(kind):
+    from edgecnn.quantize.equalize import equalize
+
+    torch.manual_seed(0)
+    model, calibration = _Unusual(kind).eval(), torch.randn(8, 3, 8, 8)
+    equalized, report = equalize(model, calibration)
+    assert "skipped" not in report
     with torch.no_grad():
         torch.testing.assert_close(equalized(calibration), model(calibration), rtol=1e-4, atol=1e-4)

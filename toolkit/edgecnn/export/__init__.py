@@ -128,6 +128,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
                                                               "images": calibration.description},
             "float_layers": float_layers,
             "target": target,
+            "equalization": source.equalization if scheme is not None else None,
         },
     }
 
@@ -197,7 +198,7 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
-    calib_tensor = scheme = calib_reference = equalization = None
+    calib_tensor = scheme = calib_reference = None
     reference = float_reference(source.model, source.pre, verification, task=source.task)
     if options.int8:
         from edgecnn.loader import normalise_batch
@@ -207,7 +208,7 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
         calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
         if options.equalize and source.qat is None:
-            source, equalization = _equalized(source, calib_tensor)
+            source = _equalized(source, calib_tensor)
     if source.macs is None:
         from edgecnn.summary import complexity
 
@@ -230,8 +231,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             except OSError as e:  # a full disk while building: nothing is written under the final name
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed",
                                     error=f"cannot write {final}: {e.strerror or e}")
-            if equalization is not None and artefact.calibration is not None:
-                artefact.calibration["equalization"] = equalization
+            if source.equalization is not None and artefact.calibration is not None:
+                artefact.calibration["equalization"] = source.equalization
             artefacts.append(artefact)
             if artefact.status == "ok":
                 verified.append((artefact, work))
@@ -248,12 +249,12 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
     return artefacts
 
 
-def _equalized(source: ExportSource, calibration: torch.Tensor) -> tuple[ExportSource, dict]:
+def _equalized(source: ExportSource, calibration: torch.Tensor) -> ExportSource:
     """The source with its activation channels equalized for int8 (the float reference keeps the original)."""
     from edgecnn.quantize.equalize import equalize
 
     model, report = equalize(source.model, calibration)
-    return dataclasses.replace(source, model=model), report
+    return dataclasses.replace(source, model=model, equalization=report)
 
 
 def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,

@@ -32,6 +32,7 @@ class ExportSource:
     macs: int | None = None  # multiply-accumulates per image, recorded in the card for `edgecnn bench`
     task: str = "classify"  # or "detect": an SSDLite whose outputs are (box encodings, class logits)
     val_dataset: str | None = None  # a detector's held-out box dataset (coco:PATH or yolo:PATH)
+    equalization: dict | None = None  # what edgecnn.quantize.equalize did to `model` before int8
 
 
 @dataclass

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from edgecnn.errors import first_line
 
-MAX_GROWTH = 256.0  # a channel below 1/256 of the widest is raised to that much, not further
+MAX_GROWTH = 256.0  # no channel is scaled up or down by more: a near-dead one is not blown up to the widest
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d)
 _PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6}
@@ -41,11 +42,15 @@ class _Group:
     writers: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = field(default_factory=list)
     readers: list[nn.Conv2d] = field(default_factory=list)
     measured: list[str] = field(default_factory=list)  # node names whose values int8 quantizes per tensor
-    clip: float = float("inf")  # the lowest upper clip (ReLU6: 6) among the group's activations
+    clipped: list[str] = field(default_factory=list)  # node names of what ReLU6 (or a 0..max Hardtanh) reads
+    clip: float = float("inf")  # the lowest of their upper clips
 
 
-def _clamps_at_zero(module: nn.Module) -> bool:
-    return isinstance(module, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0
+def _clip(module: nn.Module | None, node: torch.fx.Node) -> float | None:
+    """The upper clip of a ReLU6-like node (lower clip 0), else None."""
+    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0:
+        return float(module.max_val)
+    return 6.0 if node.op == "call_function" and node.target is F.relu6 else None
 
 
 class _Groups:
@@ -56,6 +61,8 @@ class _Groups:
         self.nodes = list(graph.graph.nodes)
         self.parent = {n: n for n in self.nodes}
         self.calls = Counter(n.target for n in self.nodes if n.op == "call_module")
+        self.read_directly = {n.target for n in self.nodes if n.op == "get_attr"}
+        self.uses = Counter(id(p) for _, p in graph.named_parameters(remove_duplicate=False))
 
     def find(self, node):
         while self.parent[node] is not node:
@@ -70,20 +77,30 @@ class _Groups:
         return self.modules.get(node.target) if node.op == "call_module" else None
 
     def layer(self, node) -> nn.Module | None:
-        """The node's module if it is called once: a shared module's weights cannot take two groups' scales."""
-        return self.module(node) if node.op == "call_module" and self.calls[node.target] == 1 else None
+        """The node's module if its weights can take this group's scales: called once, positionally, with
+        parameters of its own (not shared with another module, not read by the graph directly, not computed by
+        a parametrization)."""
+        module = self.module(node)
+        if module is None or self.calls[node.target] != 1 or not node.args or parametrize.is_parametrized(module):
+            return None
+        own = module._parameters
+        if "weight" not in own or any(self.uses[id(p)] > 1 for p in own.values() if p is not None):
+            return None
+        if any(f"{node.target}.{name}" in self.read_directly for name in own):
+            return None
+        return module
 
     def writer(self, node) -> tuple[nn.Conv2d, nn.BatchNorm2d | None] | None:
         """(conv, its BatchNorm) when the node's value is a convolution's output channels."""
         module = self.layer(node)
         if isinstance(module, nn.Conv2d):
             users = list(node.users)
-            if len(users) == 1 and isinstance(self.layer(users[0]), nn.BatchNorm2d):
+            if len(users) == 1 and isinstance(self.module(users[0]), nn.BatchNorm2d):
                 return None  # the BatchNorm's output is the one scaled
             return module, None
-        if isinstance(module, nn.BatchNorm2d) and module.affine:
+        if isinstance(module, nn.BatchNorm2d) and module.affine and module.bias is not None:
             source = node.args[0]
-            conv = self.layer(source)
+            conv = self.layer(source) if isinstance(source, torch.fx.Node) else None
             if isinstance(conv, nn.Conv2d) and len(source.users) == 1:
                 return conv, module
         return None
@@ -91,7 +108,7 @@ class _Groups:
     def passes(self, node) -> bool:
         module = self.module(node)
         if module is not None:
-            return isinstance(module, _PASS_MODULES) or _clamps_at_zero(module)
+            return isinstance(module, _PASS_MODULES) or _clip(module, node) is not None
         if node.op != "call_function":
             return False
         if node.target in _SUMS:
@@ -101,7 +118,7 @@ class _Groups:
     def activation(self, node) -> bool:
         module = self.module(node)
         if module is not None:
-            return isinstance(module, (nn.ReLU, nn.ReLU6)) or _clamps_at_zero(module)
+            return isinstance(module, (nn.ReLU, nn.ReLU6)) or _clip(module, node) is not None
         return node.op == "call_function" and node.target in _PASS_FUNCTIONS
 
     def reads(self, node, value) -> bool:
@@ -127,33 +144,35 @@ class _Groups:
     def _group(self, nodes: list, members: set) -> _Group | None:
         if any(n not in members for n in nodes):
             return None  # a graph input, a reshape, a multiply: something that does not keep channels apart
-        group = _Group()
+        group, inside = _Group(), set(nodes)
         for node in nodes:
-            module = self.module(node)
-            if isinstance(module, nn.Hardtanh):
-                group.clip = min(group.clip, module.max_val)
-            elif node.target is F.relu6:
-                group.clip = min(group.clip, 6.0)
+            clip = _clip(self.module(node), node)
+            if clip is not None:
+                group.clip = min(group.clip, clip)
+                group.clipped += [n.name for n in node.all_input_nodes]
             if (written := self.writer(node)) is not None:
                 group.writers.append(written)
-            others = [u for u in node.users if u not in nodes]
-            if not all(self.reads(u, node) for u in others):
-                return None
-            group.readers += [self.module(u) for u in others]
+            for user in node.users:
+                if self.reads(user, node):  # also a convolution whose own output is in the group
+                    group.readers.append(self.module(user))
+                elif user not in inside or not self.passes(user):
+                    return None
             if not all(self.activation(u) for u in node.users):  # an activation fused to its writer is not
                 group.measured.append(node.name)  # quantized before it, only after
         return group if group.writers and group.readers else None
 
 
 def _channel_ranges(graph: torch.fx.GraphModule, names: set[str], calibration: torch.Tensor) -> dict:
-    """Largest |value| of each channel of the named nodes on the calibration images."""
+    """Per channel of the named nodes on the calibration images: the largest |value| and the largest value
+    (what ReLU6 compares with its clip), as a 2 × channels tensor."""
     ranges: dict[str, torch.Tensor] = {}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, node):
             result = super().run_node(node)
             if node.name in names and isinstance(result, torch.Tensor) and result.dim() == 4:
-                peak = result.detach().abs().amax(dim=(0, 2, 3))
+                values = result.detach()
+                peak = torch.stack([values.abs().amax(dim=(0, 2, 3)), values.amax(dim=(0, 2, 3))])
                 ranges[node.name] = torch.maximum(ranges[node.name], peak) if node.name in ranges else peak
             return result
 
@@ -172,11 +191,13 @@ def _column_ranges(conv: nn.Conv2d) -> torch.Tensor:
     return per_group.flatten()  # input channel c = group · (in/groups) + column
 
 
-def _scales(group: _Group, peak: torch.Tensor) -> torch.Tensor | None:
+def _scales(group: _Group, ranges: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """s per channel (its values divided by s, its readers' weights multiplied): activation range a and
     relative weight range w meet at sqrt(a·w) each (CLE's balance; for depthwise readers the weights do not
-    matter and the channel goes all the way to the widest). Neither the tensor's nor any weight row's range
-    widens; a channel that ReLU6 clips keeps its scale."""
+    matter and the channel goes all the way to the widest). Then the limits: no tensor of the group gets a
+    wider range than it had, ReLU6 cuts what it cut before and nothing else, no scale beyond MAX_GROWTH."""
+    tensors = torch.stack([ranges[name][0] for name in group.measured])
+    peak = tensors.amax(dim=0)
     widest = peak.max()
     if widest <= 0:
         return None
@@ -185,12 +206,16 @@ def _scales(group: _Group, peak: torch.Tensor) -> torch.Tensor | None:
         columns = torch.stack([_column_ranges(r) for r in dense]).amax(dim=0)
         s = ((peak / widest) / (columns / columns.max().clamp_min(1e-30))).sqrt()
     else:
-        s = peak / widest
-    s = s.clamp(1.0 / MAX_GROWTH, MAX_GROWTH)
-    keep = (peak <= 0) | (peak >= group.clip) | ~torch.isfinite(s)
-    if dense:
+        columns, s = None, peak / widest
+    s = torch.maximum(s, (tensors / tensors.amax(dim=1, keepdim=True).clamp_min(1e-30)).amax(dim=0))
+    keep = (peak <= 0) | ~torch.isfinite(s)
+    if group.clipped:  # a channel ReLU6 reaches keeps its scale; the others stay below the clip
+        before = torch.stack([ranges[name][1] for name in group.clipped]).amax(dim=0).clamp_min(0)
+        keep |= before >= group.clip
+        s = torch.maximum(s, before / group.clip)
+    if columns is not None:
         keep |= columns <= 0
-    return torch.where(keep, torch.ones_like(s), s)
+    return torch.where(keep, torch.ones_like(s), s.clamp(1.0 / MAX_GROWTH, MAX_GROWTH))
 
 
 def _scale_writer(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, s: torch.Tensor) -> None:
@@ -211,24 +236,33 @@ def _scale_reader(conv: nn.Conv2d, s: torch.Tensor) -> None:
     weight.mul_(s.view(conv.groups, 1, per_group, 1, 1))
 
 
+def _consistent(group: _Group, ranges: dict[str, torch.Tensor]) -> bool:
+    """Every tensor of the group was measured, all with the channel count its writers and readers have (a
+    residual sum may broadcast one channel over many)."""
+    names = group.measured + group.clipped
+    if any(name not in ranges for name in names):
+        return False
+    widths = {ranges[name].shape[1] for name in names}
+    widths |= {conv.out_channels for conv, _ in group.writers} | {conv.in_channels for conv in group.readers}
+    return len(widths) == 1
+
+
 def equalize(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.Module, dict]:
-    """A copy of `model` with its activation channels equalized on the calibration images (normalised NCHW),
-    and what was done: {"groups": n, "channels": n} or {"skipped": why}. The model's outputs do not change (up to
-    float rounding, and ReLU6's clip for values beyond the calibration images' range)."""
-    model = copy.deepcopy(model).eval()
+    """A copy of `model` (in eval mode) with its activation channels equalized on the calibration images
+    (normalised NCHW), and what was done: {"groups": n, "channels": n} or {"skipped": why}. The outputs do not
+    change on the calibration images (up to float rounding); elsewhere ReLU6 may cut a raised channel's values
+    beyond the calibration images' range, as the int8 range does anyway."""
     try:
+        model = copy.deepcopy(model).eval()
         graph = torch.fx.symbolic_trace(model)
-    except Exception as e:  # control flow or ops torch.fx cannot trace: quantize the model as it is
-        return model, {"skipped": f"torch.fx cannot trace the model: {first_line(e)}"}
-    groups = _Groups(graph).groups()
-    ranges = _channel_ranges(graph, {name for g in groups for name in g.measured}, calibration)
+        groups = _Groups(graph).groups()
+        ranges = _channel_ranges(graph, {name for g in groups for name in g.measured + g.clipped}, calibration)
+    except Exception as e:  # control flow torch.fx cannot trace, a model that cannot be copied: quantize it as it is
+        return model, {"skipped": f"cannot copy or trace the model (torch.fx): {first_line(e)}"}
     scaled = done = 0
     with torch.no_grad():
         for group in groups:
-            if any(name not in ranges for name in group.measured):
-                continue
-            peak = torch.stack([ranges[name] for name in group.measured]).amax(dim=0)
-            s = _scales(group, peak)
+            s = _scales(group, ranges) if _consistent(group, ranges) else None
             if s is None:
                 continue
             for conv, norm in group.writers:

@@ -12,6 +12,13 @@ from edgecnn.errors import printable
 from edgecnn.runtime.modelfile import ModelFile, task_of
 
 
+def _equalization_text(report: dict) -> str:
+    """One line for what channel equalization did before int8 (edgecnn.quantize.equalize)."""
+    if "skipped" in report:
+        return f"none ({report['skipped']})"
+    return f"{report['channels']} channels rescaled in {report['groups']} groups"
+
+
 def shown(value: object) -> str:
     """Text from a model file, ready for a rich table or status line: neither terminal escapes nor rich markup
     in it act (a crafted card could otherwise clear the screen or print a fake 'verified')."""
@@ -86,6 +93,8 @@ def print_model_summary(console: Console, summary: dict) -> None:
                                 f"{', '.join(quant['float_layers']) or 'none'}")
         if quant["calibration"]:
             add_row("calibration", f"{quant['calibration']['samples']} images: {quant['calibration']['images']}")
+        if quant.get("equalization"):
+            add_row("equalization", _equalization_text(quant["equalization"]))
         add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
                           f"recipe {src['recipe_hash']}")
         add_row("edgecnn", card["edgecnn_version"])
