@@ -57,6 +57,8 @@ def test_int8_report_names_its_choices_and_noisiest_layers(exported):
     for a in report["artifacts"]:
         assert len(a["calibration"]["candidates"]) == 4
         assert a["calibration"]["method"] in {"minmax", "percentile", "mse", "entropy"}
+        # Every expansion → depthwise pair (16) and the stem → depthwise, at least, had channels to even out.
+        assert a["calibration"]["equalization"]["groups"] >= 17 and a["calibration"]["equalization"]["channels"] > 0
         # All 52 convolutions and the classifier, by PyTorch module path.
         layers = {e["layer"] for e in a["layer_errors"]}
         assert len(layers) == 53 and "classifier.1" in layers and "features.0.0" in layers, layers
