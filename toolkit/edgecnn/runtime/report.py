@@ -12,11 +12,13 @@ from edgecnn.errors import printable
 from edgecnn.runtime.modelfile import ModelFile, task_of
 
 
-def _equalization_text(report: dict) -> str:
-    """One line for what channel equalization did before int8 (edgecnn.quantize.equalize)."""
+def _equalization_text(report: object) -> str:
+    """One line for what channel equalization did before int8 (edgecnn.quantize.equalize), from any card."""
+    if not isinstance(report, dict):
+        return str(report)
     if "skipped" in report:
         return f"none ({report['skipped']})"
-    return f"{report['channels']} channels rescaled in {report['groups']} groups"
+    return f"{report.get('channels')} channels rescaled in {report.get('groups')} groups"
 
 
 def shown(value: object) -> str:
