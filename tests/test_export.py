@@ -334,6 +334,29 @@ def test_an_undertrained_mobilenet_v2_exports_to_int8_tflite(tmp_path):
     assert report["artifacts"][0]["status"] == "ok" and report["artifacts"][0]["float_ops"] == []
 
 
+def test_a_channel_with_weights_far_beyond_its_output_exports_to_int8_tflite(tmp_path):
+    """A channel whose folded weights are enormous while ReLU cuts everything it computes (an under-trained
+    BatchNorm) makes input scale × weight scale / output scale reach 256, where XNNPACK refuses to prepare the
+    file; the output range is widened just enough, with and without equalization."""
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10)
+    with torch.no_grad():
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        first.weight[0] *= 1e3
+        norm.running_var[0], norm.bias[0] = 1e-6, -1e7
+    ckpt = tmp_path / "huge.pt"
+    save_checkpoint(ckpt, Checkpoint(model="tinycnn", num_classes=10, state_dict=model.state_dict(),
+                                     preprocess=Preprocess(img_size=32), labels=[str(i) for i in range(10)],
+                                     dataset="digits"))
+    for flags in ([], ["--no-equalize"]):
+        out = tmp_path / ("plain" if flags else "equalized")
+        result, report = export_json(ckpt, "--int8", "--format", "tflite", "--calibration", "minmax", *flags,
+                                     "--eval-samples", "50", "--out", out)
+        assert result.returncode == 0, result.stderr
+        assert report["artifacts"][0]["status"] == "ok" and report["artifacts"][0]["float_ops"] == []
+
+
 def test_a_collapsed_model_exports_to_int8(tmp_path):
     """Dead channels and constant activations (a collapsed or barely trained model) give zero-width ranges;
     every range keeps a usable scale, so both runtimes prepare and run the file."""

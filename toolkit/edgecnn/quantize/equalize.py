@@ -28,6 +28,10 @@ from torch.nn.utils import parametrize
 from edgecnn.errors import first_line
 
 MAX_GROWTH = 256.0  # no channel is scaled up or down by more: a near-dead one is not blown up to the widest
+# Raising a channel multiplies its writer's weights. A channel with weights far larger than what its output keeps
+# (ReLU cuts most of it) is raised only while its writer's input scale × weight scale / output scale stays below
+# this: XNNPACK refuses a layer at 256, and a range method may still narrow the output (edgecnn keeps 128 there).
+MAX_REQUANTIZATION = 32.0
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d)
 _PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6}
@@ -40,6 +44,7 @@ class _Group:
     between, up to the convolutions that read them."""
 
     writers: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # node names of the writers' inputs
     readers: list[nn.Conv2d] = field(default_factory=list)
     measured: list[str] = field(default_factory=list)  # node names whose values int8 quantizes per tensor
     clipped: list[str] = field(default_factory=list)  # node names of what ReLU6 (or a 0..max Hardtanh) reads
@@ -152,6 +157,8 @@ class _Groups:
                 group.clipped += [n.name for n in node.all_input_nodes]
             if (written := self.writer(node)) is not None:
                 group.writers.append(written)
+                conv_node = node if written[1] is None else node.args[0]
+                group.sources.append(conv_node.args[0].name)
             for user in node.users:
                 if self.reads(user, node):  # also a convolution whose own output is in the group
                     group.readers.append(self.module(user))
@@ -215,7 +222,22 @@ def _scales(group: _Group, ranges: dict[str, torch.Tensor]) -> torch.Tensor | No
         s = torch.maximum(s, before / group.clip)
     if columns is not None:
         keep |= columns <= 0
+    s = torch.maximum(s, _least_scale(group, ranges, widest))
     return torch.where(keep, torch.ones_like(s), s.clamp(1.0 / MAX_GROWTH, MAX_GROWTH))
+
+
+def _least_scale(group: _Group, ranges: dict[str, torch.Tensor], widest: torch.Tensor) -> torch.Tensor:
+    """Per channel, the smallest s that keeps every writer's requantization scale (input scale × weight scale /
+    output scale, estimated from the measured ranges: int8 steps of range/255 and weight/127) at or below
+    MAX_REQUANTIZATION, or where it already was."""
+    least = torch.zeros(group.writers[0][0].out_channels)
+    for (conv, norm), source in zip(group.writers, group.sources, strict=True):
+        weight = conv.weight.detach().abs().flatten(1).amax(dim=1)
+        if norm is not None and norm.running_var is not None:
+            weight = weight * norm.weight.detach().abs() / (norm.running_var + norm.eps).sqrt()
+        ratio = ranges[source][0].max() * weight / (127.0 * widest)
+        least = torch.maximum(least, (ratio / MAX_REQUANTIZATION).clamp(max=1.0))
+    return least
 
 
 def _scale_writer(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, s: torch.Tensor) -> None:
@@ -239,10 +261,10 @@ def _scale_reader(conv: nn.Conv2d, s: torch.Tensor) -> None:
 def _consistent(group: _Group, ranges: dict[str, torch.Tensor]) -> bool:
     """Every tensor of the group was measured, all with the channel count its writers and readers have (a
     residual sum may broadcast one channel over many)."""
-    names = group.measured + group.clipped
+    names = group.measured + group.clipped + group.sources
     if any(name not in ranges for name in names):
         return False
-    widths = {ranges[name].shape[1] for name in names}
+    widths = {ranges[name].shape[1] for name in group.measured + group.clipped}
     widths |= {conv.out_channels for conv, _ in group.writers} | {conv.in_channels for conv in group.readers}
     return len(widths) == 1
 
@@ -256,7 +278,8 @@ def equalize(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.Module, di
         model = copy.deepcopy(model).eval()
         graph = torch.fx.symbolic_trace(model)
         groups = _Groups(graph).groups()
-        ranges = _channel_ranges(graph, {name for g in groups for name in g.measured + g.clipped}, calibration)
+        measured = {name for g in groups for name in g.measured + g.clipped + g.sources}
+        ranges = _channel_ranges(graph, measured, calibration)
     except Exception as e:  # control flow torch.fx cannot trace, a model that cannot be copied: quantize it as it is
         return model, {"skipped": f"cannot copy or trace the model (torch.fx): {first_line(e)}"}
     scaled = done = 0

@@ -158,6 +158,7 @@ class Observed:
                 low, high = activation_range(self.histograms[name], method)
                 module.min_val.fill_(low)
                 module.max_val.fill_(high)
+        keep_requantizable(prepared)
         if correct_bias:
             correct_rounding_bias(prepared, self.input_means)
         with quiet_native_output():
@@ -165,6 +166,43 @@ class Observed:
 
 
 BATCH = 32
+# XNNPACK refuses to prepare a convolution or fully-connected layer whose requantization scale (input scale ×
+# weight scale / output scale) reaches 256 for any channel; edgecnn keeps a factor of two below it.
+REQUANTIZATION_LIMIT = 128.0
+
+
+def _output_observer(node: torch.fx.Node, modules: dict) -> nn.Module | None:
+    """The activation observer of a layer's output, after the clamps fused into it."""
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is not None:
+            return module if _is_activation_observer(module) else None
+        if node.target not in _CLAMPS:
+            return None
+    return None
+
+
+def keep_requantizable(prepared: torch.fx.GraphModule) -> None:
+    """Widen, where needed, a conv/linear output range so that XNNPACK takes the layer: a channel with weights
+    far larger than what its output keeps (an under-trained model's BatchNorm, values mostly cut by ReLU) makes
+    input scale × weight scale / output scale reach its limit, and the file fails to prepare. Layers are visited
+    in graph order, so a widened output is the input scale its readers see."""
+    modules = dict(prepared.named_modules(remove_duplicate=False))  # a shared observer has several names
+    for node in (n for n in prepared.graph.nodes if n.target in WEIGHTED):
+        source, weight = (modules.get(getattr(a, "target", None)) for a in node.args[:2])
+        output = _output_observer(node, modules)
+        if not (_is_activation_observer(source) and _is_activation_observer(output)) or weight is None \
+                or getattr(weight, "qscheme", None) != torch.per_channel_symmetric:
+            continue  # kept in float, or a pattern the quantizer left alone
+        weight_scale = float(weight.calculate_qparams()[0].max())
+        least = float(source.calculate_qparams()[0]) * weight_scale / REQUANTIZATION_LIMIT
+        scale = float(output.calculate_qparams()[0])
+        if scale < least:
+            output.min_val.mul_(least / scale)
+            output.max_val.mul_(least / scale)
+
+
 
 
 def feed(graph: torch.fx.GraphModule, samples: torch.Tensor) -> None:
