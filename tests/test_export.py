@@ -105,6 +105,22 @@ def test_arm_target_uses_int8_activations(digits_checkpoint, tmp_path):
     assert x86["artifacts"][0]["scheme"]["reduce_range"] is False
 
 
+def test_auto_ships_the_chosen_candidates_build(digits_checkpoint, digits_int8, tmp_path):
+    """auto keeps the artefact it scored instead of building it again: the file and its layer errors are those of
+    an export that asks for the chosen method, not those of the last candidate tried."""
+    report = json.loads((digits_int8["tflite"].parent / "report.json").read_text())
+    for fmt in ("tflite", "onnx"):
+        auto = next(a for a in report["artifacts"] if a["format"] == fmt)
+        method = auto["calibration"]["method"]
+        result, asked = export_json(digits_checkpoint, "--int8", "--format", fmt, "--calibration", method,
+                                    "--out", tmp_path / fmt)
+        assert result.returncode == 0, result.stderr
+        single = asked["artifacts"][0]
+        assert single["layer_errors"] == auto["layer_errors"], (method, fmt)
+        assert single["agreement"] == auto["agreement"] and single["logit_sqnr_db"] == auto["logit_sqnr_db"]
+        assert read_model_file(single["path"]).card == read_model_file(auto["path"]).card
+
+
 def test_info_shows_the_card(digits_int8):
     for path in (digits_int8["tflite"], digits_int8["onnx"]):
         shown = edgecnn("info", path)

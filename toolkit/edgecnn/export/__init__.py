@@ -11,6 +11,7 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
 from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
-from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_size
+from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_files, model_size
 from edgecnn.runtime.modelfile import embed_card
 from edgecnn.signals import Interrupts, interruptible
 
@@ -276,9 +277,11 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
 
     choice = None
     if options.int8 and builder.source.qat is None:
-        choice = _choose_ranges(builder, options, scratch / f"{final.stem}.calib{final.suffix}", build_with_card,
-                                calibration, calib_reference, console)
-    artefact = _artefact(final, fmt, options, build_verified(work, []), reference, started)
+        choice = _choose_ranges(builder, options, work, build_with_card, calibration, calib_reference, console)
+    # auto leaves its chosen candidate's artefact in `work`: it is verified as it is, not built again.
+    built = choice is not None and choice.chosen.agreement is not None
+    checked = verify(work, verification, reference) if built else build_verified(work, [])
+    artefact = _artefact(final, fmt, options, checked, reference, started)
     artefact.layer_errors = builder.layer_errors if options.int8 else []
     if options.int8:
         artefact.scheme = builder.target()
@@ -299,23 +302,32 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
     return artefact
 
 
-def _choose_ranges(builder, options: ExportOptions, trial: Path, build_with_card, calibration: Images,
+def _choose_ranges(builder, options: ExportOptions, work: Path, build_with_card, calibration: Images,
                    calib_reference: FloatReference, console: Console):
     """Set the builder's activation-range candidate: the requested method, or for auto the one whose artefact
-    agrees best with the float model on the calibration images."""
+    agrees best with the float model on the calibration images. Candidates that were built leave the chosen
+    one's artefact in `work` and its build as the builder's last (what `layer_errors` reads)."""
     from edgecnn.export.verify import artefact_outputs, class_logits
     from edgecnn.quantize.calibrate import Candidate, candidates, choose
 
+    builds = {}  # method → (its trial file, the builder's record of that build)
+
     def logits_with(candidate: Candidate) -> np.ndarray:
         builder.candidate = candidate
+        trial = work.with_name(f"{work.stem}.{candidate.method}{work.suffix}")
         build_with_card(trial, [])
+        builds[candidate.method] = (trial, builder.last_build)
         return class_logits(artefact_outputs(trial, calibration))
 
     if options.calibration == "auto":
         console.print(f"  choosing activation ranges on {len(calibration)} calibration images")
     choice = choose(candidates(options.calibration), logits_with, calib_reference.logits, console.print)
     builder.candidate = choice.chosen
-    trial.unlink(missing_ok=True)
+    if builds:
+        trial, builder.last_build = builds[choice.chosen.method]
+        # Copies (an OpenVINO model is two files): the ONNX builder's record of the build is the trial file itself.
+        for source, target in zip(model_files(trial), model_files(work), strict=True):
+            shutil.copyfile(source, target)
     return choice
 
 

@@ -335,7 +335,7 @@ class Builder:
         # After QAT no range search runs: percentile ranges, the best single method of onnxruntime's own
         # calibrators on real photos.
         self.candidate = Candidate("percentile")
-        self._last: Path | None = None
+        self.last_build: Path | None = None
         self._prepared: Path | None = None
         self._histograms: dict[str, Histogram] = {}
         self._shifts: dict[str, np.ndarray] = {}  # node → bias correction for its weights' rounding
@@ -382,7 +382,7 @@ class Builder:
         corrected_model(self._prepared, self._shifts, float_nodes, corrected)
         quantize_onnx(corrected, path, self._ranges(self.candidate.method), self.scheme, float_nodes)
         keep_name_scopes(self._scopes, path)
-        self._last = path
+        self.last_build = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
         bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
         return (f"{trained}{self.runtime} QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
@@ -395,13 +395,13 @@ class Builder:
     @property
     def layer_errors(self) -> list[dict]:
         """SQNR per quantized Conv/Gemm of the last int8 build, measured on its own QDQ graph."""
-        if self._last is None:
+        if self.last_build is None:
             return []
         # Module paths from the exported graph (pre-processing may drop node metadata); the exporter folds each
         # BatchNorm into its convolution and names the result after the BatchNorm.
         paths = {n.name: self._convolution_of.get(path, path)
                  for n in onnx.load(self.scratch / "float.onnx").graph.node for path in [onnx_layer_path(n)]}
-        rows = layer_errors(onnx.load(self._prepared), self._last, self.calibration, paths)
+        rows = layer_errors(onnx.load(self._prepared), self.last_build, self.calibration, paths)
         self._nodes = {row["layer"]: row.pop("node") for row in rows}
         return rows
 

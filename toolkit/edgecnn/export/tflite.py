@@ -61,7 +61,7 @@ class Builder:
     def __init__(self, source, calibration: torch.Tensor | None, scheme=None, scratch: Path | None = None):
         self.source, self.calibration = source, calibration
         self.candidate = Candidate("minmax")
-        self._last: tuple[pt2e.Observed, torch.fx.GraphModule] | None = None  # the last int8 build's graph
+        self.last_build: tuple[pt2e.Observed, torch.fx.GraphModule] | None = None  # the last int8 build's graph
         self._observed: pt2e.Observed | None = None  # of the fully int8 graph, reused by every candidate
 
     @property
@@ -100,7 +100,7 @@ class Builder:
             return None
         observed = self._observe(float_layers)
         graph = observed.convert(self.candidate.method, self.fold_weights)
-        self._last = (observed, graph)
+        self.last_build = (observed, graph)
         self.write(graph, path, float_layers)
         return (f"{qat.scheme_prefix if qat else ''}{SCHEME}, biases corrected for their rounding; activation "
                 f"ranges: {self.candidate.name}")
@@ -108,7 +108,7 @@ class Builder:
     @property
     def layer_errors(self) -> list[dict]:
         """SQNR per quantized layer of the last int8 build, from its PT2E graph (what litert-torch converted)."""
-        return [] if self._last is None else pt2e.layer_errors(*self._last, self.calibration)
+        return [] if self.last_build is None else pt2e.layer_errors(*self.last_build, self.calibration)
 
     def target(self) -> dict:
         """The CPUs the int8 scheme suits, and why."""
