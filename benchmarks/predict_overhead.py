@@ -184,9 +184,9 @@ def measure(model: Path) -> dict:
     pre = classifier.pre
     crop = centre_crop(frame, pre.crop)
     resized = preprocess.resize_image(frame, pre, color="BGR")
-    raw = classifier.backend.run(sample[None])
+    raw = classifier.backend.run(sample[None])[0]  # engines return every output
     logits = classifier.logits(sample[None])[0]
-    out = classifier.backend.output
+    out = classifier.backend.outputs[0]
 
     def predict_before() -> object:
         with resize_with(opencv_area):
