@@ -284,6 +284,70 @@ def test_equalization_does_not_raise_a_channel_past_what_xnnpack_takes(monkeypat
     assert widened(float("inf"))  # unbounded, the channel is raised 256 times and the floor has to step in
 
 
+def _minmax_ranges(observed) -> dict:
+    """The prepared graph's observers set to min/max ranges, as `Observed.convert` sets them."""
+    modules = dict(observed.prepared.named_modules(remove_duplicate=False))
+    for name, histogram in observed.histograms.items():
+        low, high = activation_range(histogram, "minmax")
+        modules[name].min_val.fill_(low)
+        modules[name].max_val.fill_(high)
+    return modules
+
+
+def test_keep_requantizable_widens_even_a_range_below_the_observers_least_scale():
+    """Output ranges narrower than 255 × the observer's least scale (eps) already sit at that scale: the range is
+    stretched from its true width, and every layer ends below the limit."""
+    from edgecnn.quantize import pt2e
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4)).eval()
+    calibration = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        model[2].weight[0] *= 5000
+        model[2].bias.fill_(-1e3)
+        model[2].bias[0] = 0.0
+        model[2].bias[0] = 0.01 - model[:3](calibration)[:, 0].max()  # the output peaks at 0.01
+    observed = pt2e.observe(model, calibration, "NCHW")
+    modules = _minmax_ranges(observed)
+    layers = [n for n in observed.prepared.graph.nodes if n.target in pt2e.WEIGHTED]
+
+    def ratios():
+        return [product / scale for _, product, scale in (pt2e._requantization(n, modules) for n in layers)]
+
+    assert max(ratios()) > pt2e.XNNPACK_LIMIT
+    pt2e.keep_requantizable(observed.prepared)
+    assert max(ratios()) <= pt2e.REQUANTIZATION_LIMIT * 1.001
+
+
+def test_keep_requantizable_refuses_what_no_widening_fixes():
+    """A concatenation shares one observer between its inputs: widening one layer's output raises another's
+    input scale. When the two layers' weights together exceed the limit, the export names the layer."""
+    from edgecnn.quantize import pt2e
+
+    class Loop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q, self.r = (torch.nn.Conv2d(c, 8, 1) for c in (3, 8, 8))
+            self.s = torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            a = torch.relu(self.p(x))
+            return self.s(torch.cat([a, torch.relu(self.r(torch.relu(self.q(a))))], 1))
+
+    torch.manual_seed(0)
+    observed = pt2e.observe(Loop().eval(), torch.randn(8, 3, 8, 8), "NCHW")
+    modules = _minmax_ranges(observed)
+    for node in (n for n in observed.prepared.graph.nodes if n.target in pt2e.WEIGHTED):
+        if pt2e.module_path(node) in ("q", "r"):  # weights 100 and 1000 times their inputs' and outputs' steps
+            weight = modules[node.args[1].target]
+            scale = 100.0 if pt2e.module_path(node) == "q" else 1000.0
+            weight.min_val.fill_(-127 * scale)
+            weight.max_val.fill_(127 * scale)
+    with pytest.raises(EdgeCNNError, match=r"^[qr]: its weights are too large .* XNNPACK's limit"):
+        pt2e.keep_requantizable(observed.prepared)
+
+
 def test_a_model_torch_fx_cannot_trace_is_quantized_as_it_is():
     from edgecnn.quantize.equalize import equalize
 

@@ -324,10 +324,13 @@ def _choose_ranges(builder, options: ExportOptions, work: Path, build_with_card,
     choice = choose(candidates(options.calibration), logits_with, calib_reference.logits, console.print)
     builder.candidate = choice.chosen
     if builds:
-        trial, builder.last_build = builds[choice.chosen.method]
+        trial, builder.last_build = builds.pop(choice.chosen.method)
         # Copies (an OpenVINO model is two files): the ONNX builder's record of the build is the trial file itself.
         for source, target in zip(model_files(trial), model_files(work), strict=True):
             shutil.copyfile(source, target)
+        for other, _ in builds.values():
+            for path in model_files(other):
+                path.unlink(missing_ok=True)
     return choice
 
 
@@ -371,7 +374,8 @@ def _fallback(builder, fmt: str, options: ExportOptions, scratch: Path, work: Pa
                               "note": "no set of float layers met the budget"}
         return full_int8
     fully_int8 = scratch / f"{final.stem}.int8{final.suffix}"
-    work.replace(fully_int8)
+    for source, target in zip(model_files(work), model_files(fully_int8), strict=True):  # OpenVINO: .xml + .bin
+        source.replace(target)
     names = builder.candidates()
     shown = [names[layer] for layer in found.float_layers]
     artefact = _artefact(final, fmt, options, build_verified(work, found.float_layers), reference, started, shown)

@@ -45,6 +45,7 @@ class _Group:
 
     writers: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # node names of the writers' inputs
+    outputs: list[str] = field(default_factory=list)  # node names of the writers' outputs as int8 quantizes them
     readers: list[nn.Conv2d] = field(default_factory=list)
     measured: list[str] = field(default_factory=list)  # node names whose values int8 quantizes per tensor
     clipped: list[str] = field(default_factory=list)  # node names of what ReLU6 (or a 0..max Hardtanh) reads
@@ -149,7 +150,7 @@ class _Groups:
     def _group(self, nodes: list, members: set) -> _Group | None:
         if any(n not in members for n in nodes):
             return None  # a graph input, a reshape, a multiply: something that does not keep channels apart
-        group, inside = _Group(), set(nodes)
+        group, inside, writers = _Group(), set(nodes), []
         for node in nodes:
             clip = _clip(self.module(node), node)
             if clip is not None:
@@ -159,6 +160,7 @@ class _Groups:
                 group.writers.append(written)
                 conv_node = node if written[1] is None else node.args[0]
                 group.sources.append(conv_node.args[0].name)
+                writers.append(node)
             for user in node.users:
                 if self.reads(user, node):  # also a convolution whose own output is in the group
                     group.readers.append(self.module(user))
@@ -166,6 +168,10 @@ class _Groups:
                     return None
             if not all(self.activation(u) for u in node.users):  # an activation fused to its writer is not
                 group.measured.append(node.name)  # quantized before it, only after
+        for node in writers:  # through the activations fused to it
+            while node.name not in group.measured and len(node.users) == 1:
+                node = next(iter(node.users))
+            group.outputs.append(node.name if node.name in group.measured else group.measured[0])
         return group if group.writers and group.readers else None
 
 
@@ -222,20 +228,21 @@ def _scales(group: _Group, ranges: dict[str, torch.Tensor]) -> torch.Tensor | No
         s = torch.maximum(s, before / group.clip)
     if columns is not None:
         keep |= columns <= 0
-    s = torch.maximum(s, _least_scale(group, ranges, widest))
+    s = torch.maximum(s, _least_scale(group, ranges))
     return torch.where(keep, torch.ones_like(s), s.clamp(1.0 / MAX_GROWTH, MAX_GROWTH))
 
 
-def _least_scale(group: _Group, ranges: dict[str, torch.Tensor], widest: torch.Tensor) -> torch.Tensor:
+def _least_scale(group: _Group, ranges: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per channel, the smallest s that keeps every writer's requantization scale (input scale × weight scale /
     output scale, estimated from the measured ranges: int8 steps of range/255 and weight/127) at or below
-    MAX_REQUANTIZATION, or where it already was."""
+    MAX_REQUANTIZATION, or where it already was. The output is the writer's own tensor, whose range equalization
+    does not widen."""
     least = torch.zeros(group.writers[0][0].out_channels)
-    for (conv, norm), source in zip(group.writers, group.sources, strict=True):
+    for (conv, norm), source, output in zip(group.writers, group.sources, group.outputs, strict=True):
         weight = conv.weight.detach().abs().flatten(1).amax(dim=1)
         if norm is not None and norm.running_var is not None:
             weight = weight * norm.weight.detach().abs() / (norm.running_var + norm.eps).sqrt()
-        ratio = ranges[source][0].max() * weight / (127.0 * widest)
+        ratio = ranges[source][0].max() * weight / (127.0 * ranges[output][0].max().clamp_min(1e-30))
         least = torch.maximum(least, (ratio / MAX_REQUANTIZATION).clamp(max=1.0))
     return least
 

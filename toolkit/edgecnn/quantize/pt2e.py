@@ -166,9 +166,9 @@ class Observed:
 
 
 BATCH = 32
-# XNNPACK refuses to prepare a convolution or fully-connected layer whose requantization scale (input scale ×
-# weight scale / output scale) reaches 256 for any channel; edgecnn keeps a factor of two below it.
-REQUANTIZATION_LIMIT = 128.0
+XNNPACK_LIMIT = 256.0  # XNNPACK refuses a conv/linear whose input scale × weight scale / output scale reaches this
+REQUANTIZATION_LIMIT = 128.0  # edgecnn keeps a factor of two below it
+WIDENING_PASSES = 8
 
 
 def _output_observer(node: torch.fx.Node, modules: dict) -> nn.Module | None:
@@ -183,26 +183,56 @@ def _output_observer(node: torch.fx.Node, modules: dict) -> nn.Module | None:
     return None
 
 
+def _requantization(node: torch.fx.Node, modules: dict) -> tuple[nn.Module, float, float] | None:
+    """(output observer, input scale × largest weight scale, output scale) of a quantized conv/linear node;
+    None for one kept in float or in a pattern the quantizer left alone."""
+    source, weight = (modules.get(getattr(a, "target", None)) for a in node.args[:2])
+    output = _output_observer(node, modules)
+    if not (_is_activation_observer(source) and _is_activation_observer(output)) \
+            or getattr(weight, "qscheme", None) != torch.per_channel_symmetric:
+        return None
+    product = float(source.calculate_qparams()[0]) * float(weight.calculate_qparams()[0].max())
+    return output, product, float(output.calculate_qparams()[0])
+
+
+def _widen(observer: nn.Module, scale: float) -> None:
+    """Stretch the observer's range (about 0) to give `scale`; from its true width, as a range narrower than
+    the observer's least scale (eps) already has that scale."""
+    low, high = min(float(observer.min_val), 0.0), max(float(observer.max_val), 0.0)
+    width = scale * (observer.quant_max - observer.quant_min)
+    if high - low <= 0:
+        observer.min_val.fill_(0.0)
+        observer.max_val.fill_(width)
+    else:
+        observer.min_val.fill_(low * width / (high - low))
+        observer.max_val.fill_(high * width / (high - low))
+
+
 def keep_requantizable(prepared: torch.fx.GraphModule) -> None:
     """Widen, where needed, a conv/linear output range so that XNNPACK takes the layer: a channel with weights
     far larger than what its output keeps (an under-trained model's BatchNorm, values mostly cut by ReLU) makes
-    input scale × weight scale / output scale reach its limit, and the file fails to prepare. Layers are visited
-    in graph order, so a widened output is the input scale its readers see."""
+    input scale × weight scale / output scale reach XNNPACK's limit, and the file fails to prepare. A widened
+    output is the input scale its readers see, and through an observer shared by a concatenation's inputs it can
+    be an earlier layer's too: passes repeat until nothing changes. What no widening can fix is refused here,
+    naming the layer, rather than by XNNPACK with a node number."""
     modules = dict(prepared.named_modules(remove_duplicate=False))  # a shared observer has several names
-    for node in (n for n in prepared.graph.nodes if n.target in WEIGHTED):
-        source, weight = (modules.get(getattr(a, "target", None)) for a in node.args[:2])
-        output = _output_observer(node, modules)
-        if not (_is_activation_observer(source) and _is_activation_observer(output)) or weight is None \
-                or getattr(weight, "qscheme", None) != torch.per_channel_symmetric:
-            continue  # kept in float, or a pattern the quantizer left alone
-        weight_scale = float(weight.calculate_qparams()[0].max())
-        least = float(source.calculate_qparams()[0]) * weight_scale / REQUANTIZATION_LIMIT
-        scale = float(output.calculate_qparams()[0])
-        if scale < least:
-            output.min_val.mul_(least / scale)
-            output.max_val.mul_(least / scale)
-
-
+    layers = [n for n in prepared.graph.nodes if n.target in WEIGHTED]
+    for _ in range(WIDENING_PASSES):
+        widened = False
+        for node in layers:
+            found = _requantization(node, modules)
+            if found is not None and found[2] * REQUANTIZATION_LIMIT < found[1]:
+                _widen(found[0], found[1] / REQUANTIZATION_LIMIT)
+                widened = True
+        if not widened:
+            return
+    for node in layers:
+        found = _requantization(node, modules)
+        if found is not None and found[1] >= found[2] * XNNPACK_LIMIT:
+            raise EdgeCNNError(f"{module_path(node) or node.name}: its weights are too large for its int8 input "
+                               f"and output ranges (input scale × weight scale / output scale "
+                               f"{found[1] / found[2]:.0f} ≥ {XNNPACK_LIMIT:.0f}, XNNPACK's limit) even after "
+                               "widening: a layer this far out of proportion is likely untrained or collapsed")
 
 
 def feed(graph: torch.fx.GraphModule, samples: torch.Tensor) -> None:
