@@ -1,3 +1,4 @@
+import io
 import json
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.modelfile import embed_card, read_model_file
+from rich.console import Console
 
 
 def export_json(*args, cwd=None):
@@ -121,6 +123,22 @@ def test_auto_ships_the_chosen_candidates_build(digits_checkpoint, digits_int8, 
         assert read_model_file(single["path"]).card == read_model_file(auto["path"]).card
 
 
+def test_auto_converts_each_candidate_once(digits_checkpoint, tmp_path, monkeypatch):
+    """Four range candidates, four conversions: the chosen one is not converted a fifth time."""
+    from edgecnn.export import ExportOptions, export, tflite
+    from edgecnn.export.sources import export_images, source_from_checkpoint
+
+    built, build = [], tflite.Builder.build
+    monkeypatch.setattr(tflite.Builder, "build", lambda self, path, layers: built.append(path) or build(self, path,
+                                                                                                       layers))
+    source = source_from_checkpoint(digits_checkpoint)
+    calibration, verification = export_images(source, None, None, None, 1, 200, 100, int8=True)
+    [artefact] = export(source, ExportOptions(formats=("tflite",), int8=True), tmp_path, calibration, verification,
+                        Console(file=io.StringIO()))
+    assert artefact.status == "ok" and len(artefact.calibration["candidates"]) == 4
+    assert len(built) == 4, built
+
+
 def test_info_shows_the_card(digits_int8):
     for path in (digits_int8["tflite"], digits_int8["onnx"]):
         shown = edgecnn("info", path)
@@ -198,6 +216,7 @@ def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_pa
     assert "kept" in result.stdout and len(report["artifacts"]) == 3
     for a in report["artifacts"]:
         assert a["status"] == "ok" and a["float_layers"], a
+        assert a["calibration"]["method"] == "minmax" and a["scheme"]["target"], a  # the kept artefact's report
         assert a["float_accuracy"] - a["accuracy"] <= 0.02, a
         assert a["fallback"]["float_layers"] == a["float_layers"] and a["fallback"]["int8_drop"] > 2
         assert a["fallback"]["latency_ms"] > 0 and a["fallback"]["size_bytes_int8"] > 0

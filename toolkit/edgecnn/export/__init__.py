@@ -232,8 +232,6 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             except OSError as e:  # a full disk while building: nothing is written under the final name
                 artefact = Artefact(str(final), fmt, options.int8, status="export failed",
                                     error=f"cannot write {final}: {e.strerror or e}")
-            if source.equalization is not None and artefact.calibration is not None:
-                artefact.calibration["equalization"] = source.equalization
             artefacts.append(artefact)
             if artefact.status == "ok":
                 verified.append((artefact, work))
@@ -283,10 +281,6 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
     checked = verify(work, verification, reference) if built else build_verified(work, [])
     artefact = _artefact(final, fmt, options, checked, reference, started)
     artefact.layer_errors = builder.layer_errors if options.int8 else []
-    if options.int8:
-        artefact.scheme = builder.target()
-        artefact.calibration = choice.report() if choice else {"method": builder.method}
-        artefact.warnings = warnings(artefact, options, len(verification))
     over_budget = options.max_accuracy_drop is not None and artefact.drop > options.max_accuracy_drop
     # The fallback ranks layers by post-training quantization; after QAT that ranking would not apply.
     if options.int8 and over_budget and options.fallback and builder.source.qat is None:
@@ -295,6 +289,12 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
                              console, started)
         artefact.layer_errors = errors
         over_budget = artefact.drop > options.max_accuracy_drop
+    if options.int8:  # of the artefact that is kept, the fallback's included
+        artefact.scheme = builder.target()
+        artefact.calibration = choice.report() if choice else {"method": builder.method}
+        if builder.source.equalization is not None:
+            artefact.calibration["equalization"] = builder.source.equalization
+        artefact.warnings = warnings(artefact, options, len(verification))
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"
     elif over_budget:
