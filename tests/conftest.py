@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -75,6 +77,30 @@ def edgecnn(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     )
 
 
+def edgecnn_in_process(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`edgecnn ARGS` through its real entry point (`main`) in this process: the exit code, stdout and stderr that
+    `edgecnn()` gives, without a new interpreter's start-up. Importing torch, litert-torch and onnx and warming up
+    torch.export cost every child process ~8 s (a tinycnn int8 export of both formats: 12.8 s in a child process,
+    4.5 s here). For the runs a test builds on; bad input stays with `edgecnn()`, where what native libraries print
+    on stderr counts against the one-line error too, and a crash ends a child, not the test run."""
+    import torch
+    from edgecnn.cli import main
+
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))  # main() reconfigures stdout
+    argv, threads = sys.argv, torch.get_num_threads()  # train sets the thread count for its process
+    sys.argv, code = ["edgecnn", *map(str, args)], 0
+    try:
+        with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+    text = [stream.flush() or stream.buffer.getvalue().decode() for stream in (out, err)]
+    return subprocess.CompletedProcess(sys.argv[:1] + list(args), code, *text)
+
+
 def assert_damage_refused(entry: Path, target: Path, count: int, seed: int) -> None:
     """`count` corrupted copies of `target` (one file of the model at `entry`), each refused by runtime.load, info
     and bench with a clean error naming `entry`."""
@@ -143,8 +169,8 @@ def build_once(tmp_path_factory, name: str, make: Callable[[Path], Path]) -> Pat
 def digits_checkpoint(tmp_path_factory) -> Path:
     """tinycnn trained 3 epochs on digits at 32 px: the issue's own acceptance run."""
     def make(out: Path) -> Path:
-        result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
-                         "--out", out)
+        result = edgecnn_in_process("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "3",
+                                    "--img-size", "32", "--out", out)
         assert result.returncode == 0, result.stderr
         return out / "best.pt"
 
@@ -188,8 +214,8 @@ def digits_int8(digits_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """The digits checkpoint exported to verified int8 files, one per format: {'tflite': path, 'onnx': path,
     'openvino': path of the .xml}; the export's JSON report is report.json beside them."""
     def make(out: Path) -> Path:
-        result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx,openvino", "--out", out,
-                         "--json", out / "report.json")
+        result = edgecnn_in_process("export", digits_checkpoint, "--int8", "--format", "tflite,onnx,openvino", "--out",
+                                    out, "--json", out / "report.json")
         assert result.returncode == 0, result.stderr
         return out
 
@@ -203,8 +229,8 @@ def digits_float(digits_checkpoint, tmp_path_factory) -> Path:
     """The folder of the digits checkpoint's float exports (tinycnn.tflite, .onnx, .xml + .bin) and the export's
     JSON report (report.json). Tests that change a file copy it first."""
     def make(out: Path) -> Path:
-        result = edgecnn("export", digits_checkpoint, "--format", "tflite,onnx,openvino", "--out", out,
-                         "--json", out / "report.json")
+        result = edgecnn_in_process("export", digits_checkpoint, "--format", "tflite,onnx,openvino", "--out", out,
+                                    "--json", out / "report.json")
         assert result.returncode == 0, result.stderr
         return out
 
@@ -224,9 +250,9 @@ def teacher(tmp_path_factory) -> dict[str, Path]:
     def make(out: Path) -> Path:
         (out / "person.txt").write_text("person\n")
         for precision in ("fp32", "int8"):
-            result = edgecnn("adopt", TEACHER / f"ssdlite_person_{precision}.tflite", "--task", "detect",
-                             "--labels", out / "person.txt", "--anchors", TEACHER / "anchors.npy",
-                             "--input-range", "-1,1", "--out", out / f"teacher_{precision}.tflite")
+            result = edgecnn_in_process("adopt", TEACHER / f"ssdlite_person_{precision}.tflite", "--task", "detect",
+                                        "--labels", out / "person.txt", "--anchors", TEACHER / "anchors.npy",
+                                        "--input-range", "-1,1", "--out", out / f"teacher_{precision}.tflite")
             assert result.returncode == 0, result.stderr
         return out
 

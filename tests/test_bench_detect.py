@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import VTEST, assert_clean_error, edgecnn, video_frame
+from conftest import VTEST, assert_clean_error, edgecnn, edgecnn_in_process, video_frame
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +14,8 @@ def people(teacher, tmp_path_factory):
     """Ten frames of vtest.avi labelled by the fp32 teacher: its own boxes are the ground truth."""
     video_frame(VTEST, 0)
     out = tmp_path_factory.mktemp("bench-detect") / "people"
-    result = edgecnn("label", VTEST, "--teacher", teacher["fp32"], "--frames", "300:360", "--every", "6",
-                     "--out", out)
+    result = edgecnn_in_process("label", VTEST, "--teacher", teacher["fp32"], "--frames", "300:360", "--every", "6",
+                                "--out", out)
     assert result.returncode == 0, result.stderr
     return out
 

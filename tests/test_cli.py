@@ -3,7 +3,7 @@ import json
 import click
 import pytest
 import yaml
-from conftest import ROOT, assert_clean_error, edgecnn
+from conftest import ROOT, assert_clean_error, edgecnn, edgecnn_in_process
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.runtime.modelfile import read_model_file
 
@@ -55,7 +55,7 @@ def test_json_dash_prints_json_alone(digits_int8):
 def test_train_then_eval_reaches_90_percent(digits_checkpoint, tmp_path):
     out = digits_checkpoint.parent
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
-    result = edgecnn("eval", digits_checkpoint, "--dataset", "digits", "--json", tmp_path / "e.json")
+    result = edgecnn_in_process("eval", digits_checkpoint, "--dataset", "digits", "--json", tmp_path / "e.json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert metrics["top1"] >= 0.90
@@ -65,8 +65,8 @@ def test_train_then_eval_reaches_90_percent(digits_checkpoint, tmp_path):
 
 
 def test_train_prints_per_epoch_table(tmp_path):
-    result = edgecnn("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "2", "--img-size", "16",
-                     "--out", tmp_path, "--json", tmp_path / "h.json")
+    result = edgecnn_in_process("train", "--model", "tinycnn", "--dataset", "digits", "--epochs", "2", "--img-size",
+                                "16", "--out", tmp_path, "--json", tmp_path / "h.json")
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]
@@ -79,7 +79,7 @@ def test_train_prints_per_epoch_table(tmp_path):
 
 def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
     out = tmp_path / "out"
-    first = edgecnn("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
+    first = edgecnn_in_process("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
     assert first.returncode == 0, first.stderr
     report = json.loads((out / "report.json").read_text())
     train = report["stages"]["train"]
@@ -93,7 +93,7 @@ def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
         assert export["metrics"][f"{fmt}_agreement"] >= 0.97
     assert "sure agr." in first.stdout and "tinycnn_int8.tflite" in first.stdout
 
-    again = edgecnn("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
+    again = edgecnn_in_process("run", ROOT / "recipes" / "quickstart.yaml", "--out", out)
     assert again.returncode == 0, again.stderr
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert stages["train"]["status"] == "skipped" and stages["export"]["status"] == "skipped"
@@ -103,7 +103,7 @@ def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
     recipe["export"]["formats"] = ["onnx"]
     only_export = tmp_path / "onnx_only.yaml"
     only_export.write_text(yaml.safe_dump(recipe))
-    assert edgecnn("run", only_export, "--out", out).returncode == 0
+    assert edgecnn_in_process("run", only_export, "--out", out).returncode == 0
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert stages["train"]["status"] == "skipped" and stages["export"]["status"] == "done"
     assert set(stages["export"]["outputs"]) == {"onnx"}
@@ -113,7 +113,7 @@ def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
     recipe["quantize"]["method"], recipe["export"]["formats"] = "none", []  # the training stage is under test
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(recipe))
-    third = edgecnn("run", changed, "--out", out)
+    third = edgecnn_in_process("run", changed, "--out", out)
     assert third.returncode == 0, third.stderr
     stage = json.loads((out / "report.json").read_text())["stages"]["train"]
     assert stage["status"] == "done" and stage["metrics"]["epochs"] == 1
@@ -122,9 +122,9 @@ def test_run_quickstart_then_skip_then_rerun_on_change(tmp_path):
 def test_run_skips_nothing_when_an_output_is_gone(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {img_size: 16}\ntrain: {epochs: 1}\n")
-    assert edgecnn("run", recipe, "--out", tmp_path / "o").returncode == 0
+    assert edgecnn_in_process("run", recipe, "--out", tmp_path / "o").returncode == 0
     (tmp_path / "o" / "train" / "best.pt").unlink()
-    result = edgecnn("run", recipe, "--out", tmp_path / "o")
+    result = edgecnn_in_process("run", recipe, "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "o" / "report.json").read_text())["stages"]["train"]["status"] == "done"
     assert (tmp_path / "o" / "train" / "best.pt").is_file()

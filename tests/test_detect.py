@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TEACHER, VTEST, assert_clean_error, edgecnn, video_frame
+from conftest import TEACHER, VTEST, assert_clean_error, edgecnn, edgecnn_in_process, video_frame
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import Classifier, Detector, load
 from edgecnn.runtime.decoding import BoxCoding, anchors_from_corners
@@ -95,9 +95,10 @@ def test_letterboxed_frames_map_back_to_frame_pixels(teacher, tmp_path):
     shifted by the padding: the mapping back to frame pixels undoes the bars."""
     frame = video_frame(VTEST, 100)
     out = tmp_path / "letterbox.tflite"
-    result = edgecnn("adopt", TEACHER / "ssdlite_person_fp32.tflite", "--task", "detect", "--labels", teacher["labels"],
-                     "--anchors", TEACHER / "anchors.npy", "--input-range", "-1,1", "--fit", "letterbox",
-                     "--min-score", "0.3", "--out", out)
+    result = edgecnn_in_process("adopt", TEACHER / "ssdlite_person_fp32.tflite", "--task", "detect", "--labels",
+                                teacher["labels"],
+                                "--anchors", TEACHER / "anchors.npy", "--input-range", "-1,1", "--fit", "letterbox",
+                                "--min-score", "0.3", "--out", out)
     assert result.returncode == 0, result.stderr
     boxed = load(out)
     padded, left, top = letterbox(frame)
@@ -132,8 +133,8 @@ def test_adopting_an_onnx_classifier(tmp_path):
     source, out = tmp_path / "third_party.onnx", tmp_path / "adopted.onnx"
     tiny_onnx_classifier(source)
     (tmp_path / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
-    result = edgecnn("adopt", source, "--task", "classify", "--labels", tmp_path / "labels.txt", "--input-range",
-                     "0,255", "--color", "BGR", "--out", out)
+    result = edgecnn_in_process("adopt", source, "--task", "classify", "--labels", tmp_path / "labels.txt",
+                                "--input-range", "0,255", "--color", "BGR", "--out", out)
     assert result.returncode == 0, result.stderr
     model = load(out)
     assert isinstance(model, Classifier) and model.labels == ["cat", "dog", "bird", "fish"]

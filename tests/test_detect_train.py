@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import VTEST, assert_clean_error, build_once, edgecnn, video_frame
+from conftest import VTEST, assert_clean_error, build_once, edgecnn, edgecnn_in_process, video_frame
 from edgecnn.detection.data import load_box_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import Detector, load
@@ -27,17 +27,18 @@ def student(teacher, tmp_path_factory):
 
     def make(out):
         video_frame(VTEST, 0)
-        labelled = edgecnn("label", VTEST, "--teacher", teacher["fp32"], "--frames", "100:340", "--every", "20",
-                           "--out", out / "data")
+        labelled = edgecnn_in_process("label", VTEST, "--teacher", teacher["fp32"], "--frames", "100:340", "--every",
+                                      "20", "--out", out / "data")
         assert labelled.returncode == 0, labelled.stderr
-        train = edgecnn("train", "--model", "ssdlite_mobilenet_v2", "--dataset", f"coco:{out / 'data'}", "--val",
-                        f"coco:{out / 'data'}", "--img-size", SIZE, "--epochs", 3, "--batch-size", 6, "--lr", 0.05,
-                        "--warmup-epochs", 1, *(["--weights", weights] if weights else []), "--out", out / "train",
-                        "--json", out / "train.json", timeout=900)
+        train = edgecnn_in_process("train", "--model", "ssdlite_mobilenet_v2", "--dataset", f"coco:{out / 'data'}",
+                                   "--val", f"coco:{out / 'data'}", "--img-size", SIZE, "--epochs", 3, "--batch-size",
+                                   6, "--lr", 0.05, "--warmup-epochs", 1, *(["--weights", weights] if weights else []),
+                                   "--out", out / "train", "--json", out / "train.json")
         assert train.returncode == 0, train.stderr
         for flag, folder in (([], "float"), (["--int8", "--calibration", "minmax"], "int8")):
-            exported = edgecnn("export", out / "train" / "last.pt", "--format", "tflite,onnx", *flag, "--out",
-                               out / folder, "--calib-samples", 12, "--json", out / f"{folder}.json", timeout=900)
+            exported = edgecnn_in_process("export", out / "train" / "last.pt", "--format", "tflite,onnx", *flag,
+                                          "--out", out / folder, "--calib-samples", 12, "--json",
+                                          out / f"{folder}.json")
             assert exported.returncode == 0, exported.stdout + exported.stderr
         return out
 
@@ -84,7 +85,7 @@ def test_info_and_eval(student):
     assert card["detect"]["coding"]["order"] == "xywh" and summary["ops"]["float"] == 0
     anchors = card["detect"]["coding"]["anchors"]["count"]
     assert [o["shape"][1] for o in card["outputs"]] == [anchors, anchors]
-    result = edgecnn("eval", student / "train" / "best.pt", "--json", "-")
+    result = edgecnn_in_process("eval", student / "train" / "best.pt", "--json", "-")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     best = max(row["map50"] for row in json.loads((student / "train.json").read_text())["history"])

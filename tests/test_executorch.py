@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, assert_damage_refused, edgecnn, edgecnn_without, record
+from conftest import assert_clean_error, assert_damage_refused, edgecnn, edgecnn_in_process, edgecnn_without, record
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
 from edgecnn.runtime.modelfile import read_model_file
@@ -24,8 +24,8 @@ def programs(digits_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("pte")
     for flags in (["--int8"], []):
         name = "int8" if flags else "float"
-        result = edgecnn("export", digits_checkpoint, *flags, "--format", "executorch", "--out", out,
-                         "--json", out / f"{name}.json")
+        result = edgecnn_in_process("export", digits_checkpoint, *flags, "--format", "executorch", "--out", out,
+                                    "--json", out / f"{name}.json")
         assert result.returncode == 0, result.stderr
     report = json.loads((out / "int8.json").read_text())["artifacts"][0]
     return {"int8": out / "tinycnn_int8.pte", "float": out / "tinycnn.pte", "report": report}

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS, assert_clean_error, edgecnn
+from conftest import MODELS, assert_clean_error, edgecnn, edgecnn_in_process
 from edgecnn import runtime
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.data import load_dataset
@@ -17,9 +17,11 @@ from edgecnn.runtime.modelfile import embed_card, read_model_file
 from rich.console import Console
 
 
-def export_json(*args, cwd=None):
+def export_json(*args, cwd=None, run=edgecnn_in_process):
+    """`edgecnn export ARGS --json OUT/report.json` → (result, the report or None). A test of a refusal's one-line
+    error passes run=edgecnn: a child process, as the user runs it."""
     out = args[args.index("--out") + 1]
-    result = edgecnn("export", *args, "--json", f"{out}/report.json", cwd=cwd)
+    result = run("export", *args, "--json", f"{out}/report.json", cwd=cwd)
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
     return result, report
 
@@ -178,7 +180,7 @@ def test_float_op_left_is_named_and_nothing_is_written(tmp_path):
                                      Preprocess(32, (0.3,) * 3, (0.37,) * 3), "digits", model.state_dict(), 0.5))
     out = tmp_path / "out"
     result, report = export_json(ckpt, "--int8", "--calibration", "minmax", "--format", "tflite", "--eval-samples",
-                                 "20", "--out", out)
+                                 "20", "--out", out, run=edgecnn)
     assert_clean_error(result, "tflite: float ops left", "scale_activation", "--allow-float-ops")
     assert report["artifacts"][0]["status"] == "float ops left"
     assert not (out / "mobilenet_v3_small_int8.tflite").exists()
@@ -203,7 +205,7 @@ def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_pa
     ckpt = outlier_channel_checkpoint(digits_checkpoint, tmp_path / "outlier.pt")
     common = ("--int8", "--calibration", "minmax", "--max-accuracy-drop", "2", "--eval-samples", "200",
               "--no-equalize")
-    strict, report = export_json(ckpt, *common, "--no-fallback", "--out", tmp_path / "strict")
+    strict, report = export_json(ckpt, *common, "--no-fallback", "--out", tmp_path / "strict", run=edgecnn)
     assert_clean_error(strict, "gate failed", "> --max-accuracy-drop 2")
     assert [a["status"] for a in report["artifacts"]] == ["gate failed", "gate failed"]
     for a in report["artifacts"]:
@@ -361,8 +363,8 @@ def test_an_undertrained_mobilenet_v2_exports_to_int8_tflite(tmp_path):
     """The issue's command with the settings it had then (lr 0.1, no warm-up): three epochs of mobilenet_v2 on
     digits (about 30 % top-1) used to make a .tflite that XNNPACK refused to prepare (`Node number 69 ... failed
     to prepare`)."""
-    trained = edgecnn("train", "--model", "mobilenet_v2", "--dataset", "digits", "--epochs", "3", "--img-size", "32",
-                      "--lr", "0.1", "--warmup-epochs", "0", "--out", tmp_path / "run")
+    trained = edgecnn_in_process("train", "--model", "mobilenet_v2", "--dataset", "digits", "--epochs", "3",
+                                 "--img-size", "32", "--lr", "0.1", "--warmup-epochs", "0", "--out", tmp_path / "run")
     assert trained.returncode == 0, trained.stderr
     result, report = export_json(tmp_path / "run" / "best.pt", "--format", "tflite", "--int8", "--calibration",
                                  "minmax", "--eval-samples", "100", "--out", tmp_path / "out")

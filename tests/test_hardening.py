@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_clean_error, edgecnn, free_port, record
+from conftest import assert_clean_error, edgecnn, edgecnn_in_process, free_port, record
 from edgecnn.data import load_dataset, read_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.sources import video_frames
@@ -83,8 +83,8 @@ def test_image_names_that_are_not_utf8(tmp_path):
             ok, png = cv2.imencode(".png", rng.integers(0, 255, (20, 20, 3), np.uint8))
             name.write_bytes(png.tobytes())
     assert read_image(_bad_name(tmp_path / "photos" / "a", b"img1", b".png")).shape == (20, 20, 3)
-    result = edgecnn("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'photos'}", "--epochs",
-                     "1", "--img-size", "16", "--out", tmp_path / "run")
+    result = edgecnn_in_process("train", "--model", "tinycnn", "--dataset", f"imagefolder:{tmp_path / 'photos'}",
+                                "--epochs", "1", "--img-size", "16", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     record("file names that are not UTF-8", tried=2, handled=2)
 
@@ -283,10 +283,10 @@ def test_checkpoints_find_their_dataset_from_any_directory(tmp_path):
         (tmp_path / "work" / "photos" / label).mkdir(parents=True)
         for i in range(6):
             (tmp_path / "work" / "photos" / label / f"{i}.png").write_bytes(png)
-    trained = edgecnn("train", "--model", "tinycnn", "--dataset", "imagefolder:photos", "--epochs", "1",
-                      "--img-size", "16", "--out", "run", cwd=tmp_path / "work")
+    trained = edgecnn_in_process("train", "--model", "tinycnn", "--dataset", "imagefolder:photos", "--epochs", "1",
+                                 "--img-size", "16", "--out", "run", cwd=tmp_path / "work")
     assert trained.returncode == 0, trained.stderr
-    elsewhere = edgecnn("eval", tmp_path / "work" / "run" / "best.pt", cwd=tmp_path)
+    elsewhere = edgecnn_in_process("eval", tmp_path / "work" / "run" / "best.pt", cwd=tmp_path)
     assert elsewhere.returncode == 0, elsewhere.stderr
     shutil.move(tmp_path / "work" / "photos", tmp_path / "moved")
     assert_clean_error(edgecnn("eval", tmp_path / "work" / "run" / "best.pt"), "give --dataset")

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_clean_error, cli_outcome, edgecnn, record
+from conftest import assert_clean_error, cli_outcome, edgecnn, edgecnn_in_process, record
 from corruption import corruptions
 from edgecnn.errors import EdgeCNNError
 from edgecnn.runtime import load
@@ -129,15 +129,15 @@ def test_seal_and_check_round_trip():
 
 def test_export_sha256_sidecar(digits_checkpoint, tmp_path):
     out = tmp_path / "out"
-    result = edgecnn("export", digits_checkpoint, "--format", "tflite", "--eval-samples", "20", "--sha256",
-                     "--out", out)
+    result = edgecnn_in_process("export", digits_checkpoint, "--format", "tflite", "--eval-samples", "20", "--sha256",
+                                "--out", out)
     assert result.returncode == 0, result.stderr
     model, sidecar = out / "tinycnn.tflite", out / "tinycnn.tflite.sha256"
     assert subprocess.run(["sha256sum", "-c", sidecar.name], cwd=out, capture_output=True).returncode == 0
     assert "sha256 matches tinycnn.tflite.sha256" in load(model).integrity.detail
     sidecar.write_text("0" * 64 + "  tinycnn.tflite\n")  # the file and its checksum disagree: one of them is bad
     assert_clean_error(edgecnn("info", model), "differs from tinycnn.tflite.sha256")
-    again = edgecnn("export", digits_checkpoint, "--format", "tflite", "--eval-samples", "20", "--out", out)
+    again = edgecnn_in_process("export", digits_checkpoint, "--format", "tflite", "--eval-samples", "20", "--out", out)
     assert again.returncode == 0 and not sidecar.exists()  # a stale sidecar never outlives the file it described
     assert load(model).integrity.verified
 

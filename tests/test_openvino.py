@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, assert_damage_refused, edgecnn, edgecnn_without, record
+from conftest import assert_clean_error, assert_damage_refused, edgecnn, edgecnn_in_process, edgecnn_without, record
 from edgecnn.runtime import load
 from edgecnn.runtime.formats import model_files
 from edgecnn.runtime.modelfile import read_model_file
@@ -91,7 +91,7 @@ def test_missing_or_swapped_weights_are_one_line(digits_int8, digits_float, tmp_
 
 
 def test_sidecar_lists_both_files(digits_checkpoint, tmp_path):
-    result = edgecnn("export", digits_checkpoint, "--format", "openvino", "--sha256", "--out", tmp_path)
+    result = edgecnn_in_process("export", digits_checkpoint, "--format", "openvino", "--sha256", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     sidecar = tmp_path / "tinycnn.xml.sha256"
     assert [line.split()[1] for line in sidecar.read_text().splitlines()] == ["tinycnn.xml", "tinycnn.bin"]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_clean_error, edgecnn
+from conftest import assert_clean_error, edgecnn, edgecnn_in_process
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models import build_model, model_spec
@@ -13,8 +13,8 @@ from edgecnn.summary import complexity
 
 
 def test_prune_finetune_report_and_reload(digits_checkpoint, tmp_path):
-    result = edgecnn("prune", digits_checkpoint, "--ratio", "0.5", "--finetune-epochs", "1", "--out", tmp_path,
-                     "--json", tmp_path / "p.json")
+    result = edgecnn_in_process("prune", digits_checkpoint, "--ratio", "0.5", "--finetune-epochs", "1", "--out",
+                                tmp_path, "--json", tmp_path / "p.json")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["macs_after"] * 2 <= report["macs_before"]
@@ -26,7 +26,7 @@ def test_prune_finetune_report_and_reload(digits_checkpoint, tmp_path):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c.out_channels % 8 == 0 for c in convs)
     assert complexity(model, 32).macs == report["macs_after"]
-    evaluated = edgecnn("eval", tmp_path / "pruned.pt", "--json", tmp_path / "e.json")
+    evaluated = edgecnn_in_process("eval", tmp_path / "pruned.pt", "--json", tmp_path / "e.json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(report["top1_finetuned"])
 
@@ -45,8 +45,8 @@ def test_pruned_backbones_reload_and_export_fully_int8(name, width, tmp_path):
     reloaded = load_checkpoint(ckpt_path).build()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reloaded(x), pruned.eval()(x))
-    result = edgecnn("export", ckpt_path, "--int8", "--calibration", "minmax", "--eval-samples", "50",
-                     "--out", tmp_path / "out", "--json", tmp_path / "r.json")
+    result = edgecnn_in_process("export", ckpt_path, "--int8", "--calibration", "minmax", "--eval-samples", "50",
+                                "--out", tmp_path / "out", "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     for artefact in json.loads((tmp_path / "r.json").read_text())["artifacts"]:
         assert artefact["float_ops"] == [] and read_model_file(artefact["path"]).float_ops == []
@@ -81,7 +81,7 @@ def test_recipe_prunes_before_export(tmp_path):
         "quantize": {"method": "ptq"}, "export": {"formats": ["tflite"]},
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    result = edgecnn("run", tmp_path / "r.yaml", "--out", tmp_path / "out")
+    result = edgecnn_in_process("run", tmp_path / "r.yaml", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     stages = json.loads((tmp_path / "out" / "report.json").read_text())["stages"]
     assert stages["prune"]["status"] == "done"
