@@ -206,6 +206,46 @@ def _channel_peaks(model, module, images):
     return peaks[0]
 
 
+def test_model_outputs_keep_their_whole_range(tmp_path):
+    """Whatever the range method, a model's outputs are not clipped (clipped logits saturate and tie: the real
+    MobileNetV2 lost the top-1 of a photo it was 95 % sure of): in either format's int8 graph the output's scale
+    spans the float model's outputs, which a percentile range would cut."""
+    import onnx
+    from edgecnn.export.onnx import Builder
+    from edgecnn.export.sources import ExportSource
+    from edgecnn.preprocess import Preprocess
+    from edgecnn.quantize import pt2e
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 1000)).eval()
+    calibration = torch.randn(64, 3, 16, 16)
+    calibration[0] *= 40  # one image with outputs far beyond the others'
+    with torch.no_grad():
+        reference = model(calibration).numpy()
+    whole = (reference.max() - min(reference.min(), 0)) / 255  # the scale of the outputs' min/max range
+
+    observed = pt2e.observe(model, calibration, "NCHW")
+    [output] = observed.outputs
+    low, high = activation_range(observed.histograms[output], "percentile")
+    assert (high - low) / 255 < 0.9 * whole  # what the rule prevents
+    graph = observed.convert("percentile")
+    [result] = next(n for n in graph.graph.nodes if n.op == "output").args[0]
+    quantize = result.args[0]  # dequantize(quantize(logits)): the output's own quantizer
+    assert "quantize_per_tensor" in str(quantize.target) and quantize.args[1] == pytest.approx(whole, rel=1e-3)
+
+    source = ExportSource(model, Preprocess(img_size=16), [str(i) for i in range(1000)], "custom")
+    builder = Builder(source, calibration, scheme_for("x86-vnni"), tmp_path)
+    builder.candidate.method = "percentile"
+    builder.build(tmp_path / "int8.onnx", [])
+    int8 = onnx.load(tmp_path / "int8.onnx").graph
+    [dequantize] = [n for n in int8.node if n.output[0] == int8.output[0].name]
+    scales = {i.name: numpy_helper.to_array(i) for i in int8.initializer}
+    assert dequantize.op_type == "DequantizeLinear" and float(scales[dequantize.input[1]]) == pytest.approx(whole,
+                                                                                                            rel=1e-3)
+
+
 def test_equalization_keeps_the_outputs_and_evens_the_channels():
     from edgecnn.quantize.equalize import MAX_GROWTH, equalize
 

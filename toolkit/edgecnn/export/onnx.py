@@ -19,7 +19,7 @@ from torch import nn
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 from edgecnn.quantize.calibrate import Candidate
-from edgecnn.quantize.ranges import Histogram, activation_range
+from edgecnn.quantize.ranges import Histogram, activation_ranges
 from edgecnn.quantize.target import Scheme
 from edgecnn.runtime.formats.onnx import NAME_SCOPES, onnx_layer_path
 
@@ -338,6 +338,7 @@ class Builder:
         self.last_build: Path | None = None
         self._prepared: Path | None = None
         self._histograms: dict[str, Histogram] = {}
+        self._outputs: set[str] = set()  # the graph's output tensors
         self._shifts: dict[str, np.ndarray] = {}  # node → bias correction for its weights' rounding
         self._nodes: dict[str, str] = {}
         self._scopes: dict = {}  # node name → its PyTorch name scopes, read once from the float export
@@ -373,7 +374,9 @@ class Builder:
             export_float_onnx(self._model, size, exported, self.source.task)
             prepare_for_quantization(exported, self._prepared)
             self._scopes = name_scopes(onnx.load(exported))
-            self._histograms = tensor_histograms(onnx.load(self._prepared), self.calibration)
+            prepared = onnx.load(self._prepared)
+            self._histograms = tensor_histograms(prepared, self.calibration)
+            self._outputs = {output.name for output in prepared.graph.output}
             probe = self.scratch / "probe.onnx"
             quantize_onnx(self._prepared, probe, self._ranges("minmax"), self.scheme)
             self._shifts = rounding_bias_shifts(self._prepared, probe, self.calibration)
@@ -390,7 +393,7 @@ class Builder:
                 f"{self.method}")
 
     def _ranges(self, method: str) -> dict[str, tuple[float, float]]:
-        return {name: activation_range(h, method) for name, h in self._histograms.items()}
+        return activation_ranges(self._histograms, method, self._outputs)
 
     @property
     def layer_errors(self) -> list[dict]:

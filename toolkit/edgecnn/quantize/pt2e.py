@@ -28,7 +28,7 @@ from torch import nn
 
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
-from edgecnn.quantize.ranges import Histogram, activation_range
+from edgecnn.quantize.ranges import Histogram, activation_ranges
 
 
 def litert_torch():
@@ -142,6 +142,7 @@ class Observed:
     calibration: torch.Tensor  # normalised N×3×H×W
     layout: str
     input_means: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # conv/linear node → per channel
+    outputs: frozenset[str] = frozenset()  # the observers of the graph's outputs
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 2, 3, 1) if self.layout == "NHWC" else images
@@ -153,11 +154,11 @@ class Observed:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         prepared = copy.deepcopy(self.prepared)
+        ranges = activation_ranges(self.histograms, method, self.outputs)
         for name, module in prepared.named_modules():
-            if name in self.histograms:
-                low, high = activation_range(self.histograms[name], method)
-                module.min_val.fill_(low)
-                module.max_val.fill_(high)
+            if name in ranges:
+                module.min_val.fill_(ranges[name][0])
+                module.max_val.fill_(ranges[name][1])
         keep_requantizable(prepared)
         if correct_bias:
             correct_rounding_bias(prepared, self.input_means)
@@ -280,8 +281,25 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
         for handle in handles:
             handle.remove()
     observed.prepared, observed.histograms = prepared, histograms
+    observed.outputs = output_observers(prepared, observers)
     observed.input_means = input_means(prepared, samples)
     return observed
+
+
+_RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.permute.default,
+             torch.ops.aten.flatten.using_ints, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims}
+
+
+def output_observers(prepared: torch.fx.GraphModule, observers: dict[str, nn.Module]) -> frozenset[str]:
+    """The activation observers whose values leave the graph as its outputs (through reshapes)."""
+    names = set()
+    for output in (n for n in prepared.graph.nodes if n.op == "output"):
+        for node in torch.utils._pytree.tree_leaves(output.args):
+            while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _RESHAPES:
+                node = node.args[0]
+            if isinstance(node, torch.fx.Node) and node.op == "call_module" and node.target in observers:
+                names.add(node.target)
+    return frozenset(names)
 
 
 class _InputSums(torch.fx.Interpreter):

@@ -6,6 +6,7 @@ differs between candidates. Ranges are (low, high) in float; the quantizer turns
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,3 +117,11 @@ def activation_range(hist: Histogram, method: str) -> tuple[float, float]:
     if high - low < MIN_SPAN:
         high = low + MIN_SPAN
     return low, high
+
+
+def activation_ranges(histograms: dict[str, Histogram], method: str,
+                      outputs: Collection[str] = ()) -> dict[str, tuple[float, float]]:
+    """Every tensor's range by `method`, but min/max for the model's own `outputs`: a clipped output saturates, and
+    saturated logits tie. On the real MobileNetV2 a photo the float model was 95 % sure of lost its top-1 in both
+    formats when its top logit hit the clipped top of the range beside another class's."""
+    return {name: activation_range(h, "minmax" if name in outputs else method) for name, h in histograms.items()}
