@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_clean_error, edgecnn
+from conftest import assert_clean_error, edgecnn, edgecnn_in_process
 from edgecnn.bench.adb import parse_benchmark_model
 from edgecnn.bench.harness import held_out_images
 from edgecnn.bench.machine import cpu_description, decode_throttled, machine_info
@@ -21,8 +21,8 @@ ROW_FIELDS = ("model", "backend", "device", "threads", "median_ms", "p90_ms", "p
               "size_bytes", "peak_rss_mb", "load_ms", "first_ms", "throughput_ips")
 
 
-def bench_json(*args, path, timeout=600):
-    result = edgecnn("bench", *args, "--json", path, timeout=timeout)
+def bench_json(*args, path):
+    result = edgecnn_in_process("bench", *args, "--json", path)
     assert result.returncode == 0, result.stderr + result.stdout
     return json.loads(path.read_text())
 
