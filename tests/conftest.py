@@ -97,8 +97,10 @@ def edgecnn_in_process(*args, cwd: Path | None = None) -> subprocess.CompletedPr
     finally:
         sys.argv = argv
         torch.set_num_threads(threads)
-    text = [stream.flush() or stream.buffer.getvalue().decode() for stream in (out, err)]
-    return subprocess.CompletedProcess(sys.argv[:1] + list(args), code, *text)
+    out.flush()
+    err.flush()
+    return subprocess.CompletedProcess(["edgecnn", *map(str, args)], code, out.buffer.getvalue().decode(),
+                                       err.buffer.getvalue().decode())
 
 
 def assert_damage_refused(entry: Path, target: Path, count: int, seed: int) -> None:

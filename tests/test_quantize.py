@@ -8,7 +8,7 @@ import pytest
 import torch
 from edgecnn.errors import EdgeCNNError
 from edgecnn.quantize.doctor import examine
-from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range, quantization_mse
+from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range, activation_ranges, quantization_mse
 from edgecnn.quantize.target import host_target, scheme_for
 
 
@@ -311,27 +311,14 @@ def test_equalization_does_not_raise_a_channel_past_what_xnnpack_takes(monkeypat
     def widened(limit: float) -> bool:
         monkeypatch.setattr(eq, "MAX_REQUANTIZATION", limit)
         observed = pt2e.observe(eq.equalize(model, calibration)[0], calibration, "NCHW")
-        ranges = {name: activation_range(observed.histograms[name], "minmax") for name in observed.histograms}
-        for name, m in observed.prepared.named_modules():
-            if name in ranges:
-                m.min_val.fill_(ranges[name][0])
-                m.max_val.fill_(ranges[name][1])
-        pt2e.keep_requantizable(observed.prepared)
-        return any((float(m.min_val), float(m.max_val)) != pytest.approx(ranges[name])
-                   for name, m in observed.prepared.named_modules() if name in ranges)
+        graph = observed.with_ranges("minmax")
+        pt2e.keep_requantizable(graph)
+        minmax = activation_ranges(observed.histograms, "minmax")
+        return any((float(m.min_val), float(m.max_val)) != pytest.approx(minmax[name])
+                   for name, m in graph.named_modules() if name in minmax)
 
     assert not widened(eq.MAX_REQUANTIZATION)
     assert widened(float("inf"))  # unbounded, the channel is raised 256 times and the floor has to step in
-
-
-def _minmax_ranges(observed) -> dict:
-    """The prepared graph's observers set to min/max ranges, as `Observed.convert` sets them."""
-    modules = dict(observed.prepared.named_modules(remove_duplicate=False))
-    for name, histogram in observed.histograms.items():
-        low, high = activation_range(histogram, "minmax")
-        modules[name].min_val.fill_(low)
-        modules[name].max_val.fill_(high)
-    return modules
 
 
 def test_keep_requantizable_widens_even_a_range_below_the_observers_least_scale():
@@ -348,15 +335,15 @@ def test_keep_requantizable_widens_even_a_range_below_the_observers_least_scale(
         model[2].bias.fill_(-1e3)
         model[2].bias[0] = 0.0
         model[2].bias[0] = 0.01 - model[:3](calibration)[:, 0].max()  # the output peaks at 0.01
-    observed = pt2e.observe(model, calibration, "NCHW")
-    modules = _minmax_ranges(observed)
-    layers = [n for n in observed.prepared.graph.nodes if n.target in pt2e.WEIGHTED]
+    graph = pt2e.observe(model, calibration, "NCHW").with_ranges("minmax")
+    modules = dict(graph.named_modules(remove_duplicate=False))  # a shared observer has several names
+    layers = [n for n in graph.graph.nodes if n.target in pt2e.WEIGHTED]
 
     def ratios():
         return [product / scale for _, product, scale in (pt2e._requantization(n, modules) for n in layers)]
 
     assert max(ratios()) > pt2e.XNNPACK_LIMIT
-    pt2e.keep_requantizable(observed.prepared)
+    pt2e.keep_requantizable(graph)
     assert max(ratios()) <= pt2e.REQUANTIZATION_LIMIT * 1.001
 
 
@@ -376,16 +363,16 @@ def test_keep_requantizable_refuses_what_no_widening_fixes():
             return self.s(torch.cat([a, torch.relu(self.r(torch.relu(self.q(a))))], 1))
 
     torch.manual_seed(0)
-    observed = pt2e.observe(Loop().eval(), torch.randn(8, 3, 8, 8), "NCHW")
-    modules = _minmax_ranges(observed)
-    for node in (n for n in observed.prepared.graph.nodes if n.target in pt2e.WEIGHTED):
+    graph = pt2e.observe(Loop().eval(), torch.randn(8, 3, 8, 8), "NCHW").with_ranges("minmax")
+    modules = dict(graph.named_modules(remove_duplicate=False))
+    for node in (n for n in graph.graph.nodes if n.target in pt2e.WEIGHTED):
         if pt2e.module_path(node) in ("q", "r"):  # weights 100 and 1000 times their inputs' and outputs' steps
             weight = modules[node.args[1].target]
             scale = 100.0 if pt2e.module_path(node) == "q" else 1000.0
             weight.min_val.fill_(-127 * scale)
             weight.max_val.fill_(127 * scale)
     with pytest.raises(EdgeCNNError, match=r"^[qr]: its weights are too large .* XNNPACK's limit"):
-        pt2e.keep_requantizable(observed.prepared)
+        pt2e.keep_requantizable(graph)
 
 
 def test_a_model_torch_fx_cannot_trace_is_quantized_as_it_is():

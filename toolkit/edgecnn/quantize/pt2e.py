@@ -147,18 +147,23 @@ class Observed:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 2, 3, 1) if self.layout == "NHWC" else images
 
-    def convert(self, method: str, fold_weights: bool = False, correct_bias: bool = True) -> torch.fx.GraphModule:
-        """The fake-quantized graph with every activation range chosen by `method` (and, with `correct_bias`, the
-        biases corrected for the weights' rounding); with `fold_weights` the weights are stored as int8 constants
-        (what ExecuTorch lowers) instead of float ones quantized in the graph (what litert-torch converts)."""
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
+    def with_ranges(self, method: str) -> torch.fx.GraphModule:
+        """A copy of the prepared graph with every activation observer holding its range by `method`."""
         prepared = copy.deepcopy(self.prepared)
         ranges = activation_ranges(self.histograms, method, self.outputs)
         for name, module in prepared.named_modules():
             if name in ranges:
                 module.min_val.fill_(ranges[name][0])
                 module.max_val.fill_(ranges[name][1])
+        return prepared
+
+    def convert(self, method: str, fold_weights: bool = False, correct_bias: bool = True) -> torch.fx.GraphModule:
+        """The fake-quantized graph with every activation range chosen by `method` (and, with `correct_bias`, the
+        biases corrected for the weights' rounding); with `fold_weights` the weights are stored as int8 constants
+        (what ExecuTorch lowers) instead of float ones quantized in the graph (what litert-torch converts)."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        prepared = self.with_ranges(method)
         keep_requantizable(prepared)
         if correct_bias:
             correct_rounding_bias(prepared, self.input_means)
@@ -281,7 +286,7 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
         for handle in handles:
             handle.remove()
     observed.prepared, observed.histograms = prepared, histograms
-    observed.outputs = output_observers(prepared, observers)
+    observed.outputs = graph_output_observers(prepared, observers)
     observed.input_means = input_means(prepared, samples)
     return observed
 
@@ -290,7 +295,7 @@ _RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.
              torch.ops.aten.flatten.using_ints, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims}
 
 
-def output_observers(prepared: torch.fx.GraphModule, observers: dict[str, nn.Module]) -> frozenset[str]:
+def graph_output_observers(prepared: torch.fx.GraphModule, observers: dict[str, nn.Module]) -> frozenset[str]:
     """The activation observers whose values leave the graph as its outputs (through reshapes)."""
     names = set()
     for output in (n for n in prepared.graph.nodes if n.op == "output"):
