@@ -91,10 +91,17 @@ def _entropy_range(hist: Histogram) -> tuple[float, float]:
     magnitude = np.histogram(np.abs(hist.centres), edges, weights=hist.counts)[0]
     best, threshold = np.inf, edges[-1]
     for i in range(levels, bins + 1, 4):
-        reference = magnitude[:i].copy()
+        kept = magnitude[:i]
+        reference = kept.copy()
         reference[-1] += magnitude[i:].sum()
-        expanded = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0)
-                                   for c in np.array_split(magnitude[:i], levels)])
+        # The i kept bins merged into `levels` levels (as np.array_split divides them), each level's mass spread
+        # evenly over its non-empty bins.
+        sizes = np.full(levels, i // levels)
+        sizes[: i % levels] += 1
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        occupied = kept > 0
+        means = np.add.reduceat(kept, starts) / np.maximum(np.add.reduceat(occupied, starts), 1)
+        expanded = np.where(occupied, np.repeat(means, sizes), 0.0)
         divergence = _kl(reference / max(reference.sum(), 1e-12), expanded / max(expanded.sum(), 1e-12))
         if divergence < best:
             best, threshold = divergence, edges[i]
