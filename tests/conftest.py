@@ -43,13 +43,6 @@ def pytest_configure(config) -> None:
                                 "pytest version pyproject.toml's dev extra names (pip install 'pytest<9')")
 
 
-
-def pytest_collection_modifyitems(items) -> None:
-    """The xdist groups first (whole modules, in file order): each holds minutes of export, training or emulation
-    that only one worker can run, and `--dist loadgroup` hands work out in collection order. Started early, the
-    other worker runs the many short tests beside them; started last, one would run alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
-
 def pytest_sessionfinish(session) -> None:
     target = os.environ.get("EDGECNN_RELIABILITY_JSON")
     if target and RELIABILITY:
