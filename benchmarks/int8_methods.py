@@ -1,16 +1,18 @@
-"""int8 calibration methods on the real ImageNet MobileNetV2: `python benchmarks/int8_methods.py [BEFORE_DIR]`
-(~25 min on 2 cores).
+"""int8 calibration methods on the real ImageNet MobileNetV2:
+`python benchmarks/int8_methods.py [--before DIR] [--only "METHOD" ...]` (~30 min on 2 cores).
 
 Each range method (and auto), with and without channel equalization, is one `edgecnn export --int8` of torchvision's
 MobileNetV2 weights (`make real-data`), calibrated on the even-numbered opencv-doc photos and verified on the
 odd-numbered ones. The table gives each artefact's top-1 agreement with the float model, on all photos and on
 those the float model is ≥ 50 % sure of, the export time, and the single-thread latency of every artefact
-measured in one interleaved run. BEFORE_DIR may hold `mobilenet_v2_int8.tflite/.onnx` from an earlier edgecnn,
-timed beside them. Writes benchmarks/results/int8_methods.json and .md.
+measured in one interleaved run. --before DIR may hold `mobilenet_v2_int8.tflite/.onnx` from an earlier edgecnn,
+timed beside them. --only re-measures the named rows (e.g. "auto + equalization + adaround") and keeps the others
+from the last run; their latency is then timed among themselves. Writes benchmarks/results/int8_methods.json and .md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -28,7 +30,10 @@ PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 LABELS = PHOTOS / "dnn/classification_classes_ILSVRC2012.txt"
 METHODS = ("minmax", "percentile", "mse", "entropy", "auto")
 RUNS = {**{f"{m}, no equalization": ["--calibration", m, "--no-equalize"] for m in METHODS},
-        **{f"{m} + equalization": ["--calibration", m] for m in METHODS}}
+        **{f"{m} + equalization": ["--calibration", m] for m in METHODS},
+        "percentile + equalization + adaround": ["--calibration", "percentile", "--adaround"],
+        "auto + equalization + adaround": ["--adaround"]}
+RESULTS = ROOT / "benchmarks/results/int8_methods.json"
 
 
 def export(folder: Path, args: list[str]) -> dict:
@@ -55,10 +60,16 @@ def before_rows(files: dict[str, Path]) -> list[dict]:
 
 
 def main() -> None:
-    before = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", type=Path)
+    parser.add_argument("--only", action="append", choices=list(RUNS))
+    options = parser.parse_args()
+    before = options.before
     rows, files = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, args in RUNS.items():
+            if options.only and name not in options.only:
+                continue
             report = export(Path(tmp) / name.replace(" ", ""), args)
             for a in report["artifacts"]:
                 calibration = a["calibration"] or {}
@@ -66,7 +77,8 @@ def main() -> None:
                              "agreement": a["agreement"], "sure_agreement": a["confident_agreement"],
                              "sure_samples": a["confident_samples"], "samples": a["samples"],
                              "logit_sqnr_db": a["logit_sqnr_db"], "equalization": calibration.get("equalization"),
-                             "export_seconds": a["export_seconds"], "status": a["status"]})
+                             "export_seconds": a["export_seconds"], "status": a["status"],
+                             "adaround_seconds": (calibration.get("adaround") or {}).get("seconds")})
                 if a["status"] == "ok":
                     files[(name, a["format"])] = Path(a["path"])
                 print(rows[-1], flush=True)
@@ -78,14 +90,20 @@ def main() -> None:
         latency = interleaved_latency_ms({f"{m}|{f}": p for (m, f), p in files.items()})
     for row in rows:
         row["latency_ms"] = latency.get(f"{row['method']}|{row['format']}")
+    if options.only:
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["method"] not in options.only]
+        order = [*RUNS, "before this change"]
+        rows = sorted(kept + rows, key=lambda r: (order.index(r["method"]), r["format"] != "tflite"))
     result = {"rows": rows, "threads": 1}
-    (ROOT / "benchmarks/results/int8_methods.json").write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| method | format | ranges used | agreement | sure agreement | logit SQNR dB | export s | "
              "latency ms (1 thread) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sure = "—" if r["sure_agreement"] is None else f"{r['sure_agreement']:.1%} of {r['sure_samples']}"
         latency_ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
         seconds = "—" if r["export_seconds"] is None else f"{r['export_seconds']:.0f}"
+        if r.get("adaround_seconds"):  # learned once for all formats, before the first
+            seconds += f" + {r['adaround_seconds']:.0f} AdaRound"
         sqnr = "—" if r.get("logit_sqnr_db") is None else f"{r['logit_sqnr_db']:.1f}"
         lines.append(f"| {r['method']} | {r['format']} | {r['chosen']} | {r['agreement']:.1%} of {r['samples']} | "
                      f"{sure} | {sqnr} | {seconds} | {latency_ms} |")

@@ -77,6 +77,21 @@ def test_digits_tinycnn_exports_to_verified_int8(digits_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "tinycnn_int8.onnx", "tinycnn_int8.tflite"]
 
 
+def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_path):
+    result, report = export_json(digits_checkpoint, "--int8", "--adaround", "--calibration", "minmax", "--out",
+                                 tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_int8_artefacts(report, calibration="minmax")
+    assert "learning the int8 weights' rounding (AdaRound)" in result.stdout
+    for a in report["artifacts"]:
+        adaround = a["calibration"]["adaround"]
+        # tinycnn: four convolutions and the classifier, each with less output error than rounding to nearest.
+        assert adaround["layers"] == 5 and adaround["error_vs_nearest"]["median"] < 1.0, adaround
+        assert read_model_file(a["path"]).card["quantization"]["adaround"] == adaround
+    info = edgecnn_in_process("info", tmp_path / "tinycnn_int8.tflite")
+    assert "rounding of 5 layers learned in" in info.stdout
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_edge_models_export_fully_int8(trained, name, tmp_path):
     # One range method: the choice among them is tested on tinycnn, and four conversions per format cost minutes.
@@ -267,6 +282,7 @@ def test_pretrained_weights_with_a_calibration_folder(tmp_path):
         (["--out", "blocker/sub"], "cannot write to output folder"),
         (["--int8", "--target", "riscv"], "unknown target 'riscv'"),
         (["--int8", "--calibration", "kl"], "unknown calibration 'kl'"),
+        (["--adaround"], "--adaround learns how int8 weights are rounded: add --int8"),
         (["--int8", "--calib-video", "missing.mp4"], "--calib-video missing.mp4: no such file"),
         (["--int8", "--calib-video", "three.txt"], "no frame could be read"),
         (["--int8", "--calib-video", "three.txt", "--calib-images", "."], "not both"),

@@ -472,3 +472,73 @@ def test_equalization_of_unusual_graphs_keeps_the_outputs(kind):
     assert "skipped" not in report
     with torch.no_grad():
         torch.testing.assert_close(equalized(calibration), model(calibration), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_folding_keeps_the_outputs():
+    from edgecnn.quantize.adaround import fold_batchnorm
+
+    model = _InvertedResidual().eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    images = torch.randn(4, 3, 16, 16)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
+
+
+def test_adaround_puts_weights_on_the_grid_the_converters_compute():
+    """Every converter derives each channel's scale from the weights it is given (largest |weight| / 127) and rounds
+    to it: the learned steps survive only if the weights already sit on that grid with the same largest weight."""
+    import onnx
+    from edgecnn.quantize.adaround import adaround
+    from edgecnn.quantize.pt2e import quantizer as pt2e_quantizer
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    model = _InvertedResidual().eval()
+    # Smooth images, as photos are: neighbouring inputs correlate, so rounding errors can cancel (on white noise
+    # rounding to nearest is already the best there is).
+    calibration = torch.nn.functional.interpolate(torch.randn(24, 3, 4, 4), size=16, mode="bilinear")
+    rounded, report = adaround(model, calibration)
+    assert report["layers"] == 6 and report["iterations"] > 0 and report["seconds"] >= 0
+    # Less output error than rounding to nearest (a layer where learning did not pay keeps nearest).
+    assert report["error_vs_nearest"]["median"] < 0.9 and report["error_vs_nearest"]["worst"] <= 1.0, report
+    assert report["weights_rounded_the_other_way"] > 0.01, report
+    layers = [m for m in rounded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    checked_exactly, spec = 0, pt2e_quantizer().global_config.weight  # what litert-torch rounds weights with
+    for layer in layers:
+        weight = layer.weight.detach()
+        pt2e = spec.observer_or_fake_quant_ctr(dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max,
+                                               qscheme=spec.qscheme, ch_axis=spec.ch_axis)
+        pt2e(weight)
+        scale = pt2e.calculate_qparams()[0].reshape(-1, *[1] * (weight.dim() - 1))
+        torch.testing.assert_close(torch.round(weight / scale).clamp(-127, 127) * scale, weight, rtol=0, atol=1e-7)
+        for row in weight.reshape(len(weight), -1).numpy():
+            zero, row_scale, codes = quantize_data(row, onnx.TensorProto.INT8, symmetric=True)
+            # onnxruntime has no least step: below PT2E's (2^-12) it rounds again, within half its own step.
+            exact = np.abs(row).max() >= 127 * 2**-12
+            np.testing.assert_allclose((codes.astype(np.float32) - zero) * row_scale, row, rtol=0,
+                                       atol=1e-7 if exact else row_scale / 2 + 1e-7)
+            checked_exactly += exact
+    assert checked_exactly > 50  # most channels: the same steps in both converters
+    with torch.no_grad():  # still the same model, to within int8 weights
+        reference = model(calibration)
+        error = float(((rounded(calibration) - reference) ** 2).mean() / (reference**2).mean())
+    assert error < 1e-3, error
+
+
+def test_adaround_refuses_what_it_cannot_fold():
+    from edgecnn.quantize.adaround import adaround
+
+    class Branching(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.norm(self.conv(x)) if x.sum() > 0 else x
+
+    with pytest.raises(EdgeCNNError, match="--adaround cannot trace the model to fold its BatchNorm"):
+        adaround(Branching().eval(), torch.rand(2, 3, 8, 8))

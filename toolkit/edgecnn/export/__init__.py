@@ -47,6 +47,7 @@ class ExportOptions:
     sidecar: bool = False  # also write FILE.sha256 beside each artefact
     calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
     equalize: bool = True  # rescale activation channels before post-training int8 (edgecnn.quantize.equalize)
+    adaround: bool = False  # learn the int8 weights' rounding on the calibration images (edgecnn.quantize.adaround)
 
 
 @dataclass
@@ -130,6 +131,7 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
             "float_layers": float_layers,
             "target": target,
             "equalization": source.equalization if scheme is not None else None,
+            "adaround": source.adaround if scheme is not None else None,
         },
     }
 
@@ -163,7 +165,8 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
                          f"(< {LOW_AGREEMENT}): look at the worst layers and the calibration images")
     elif artefact.agreement < LOW_AGREEMENT:
         found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
-                     f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images")
+                     f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images"
+                     + ("" if options.adaround else ", or learn the weights' rounding (--adaround)"))
     if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
         found.append(f"on the images the float model is sure of, only {artefact.confident_agreement:.1%} agree "
                      f"(< {LOW_SURE_AGREEMENT:.0%})")
@@ -189,6 +192,11 @@ def export(
     out_dir = Path(out_dir)
     if options.int8 and (calibration is None or len(calibration) == 0):
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
+    if options.adaround and not options.int8:
+        raise EdgeCNNError("--adaround learns how int8 weights are rounded: add --int8")
+    if options.adaround and source.qat is not None:
+        raise EdgeCNNError("--adaround is for post-training int8: this checkpoint's weights were already trained for "
+                           "int8 (QAT)")
     with exclusive_folder(out_dir, "export"), interruptible() as interrupts:
         return _export_all(source, options, out_dir, calibration, verification, console, interrupts)
 
@@ -210,6 +218,8 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
         if options.equalize and source.qat is None:
             source = _equalized(source, calib_tensor)
+        if options.adaround:
+            source = _adarounded(source, calib_tensor, console)
     if source.macs is None:
         from edgecnn.summary import complexity
 
@@ -256,6 +266,18 @@ def _equalized(source: ExportSource, calibration: torch.Tensor) -> ExportSource:
     return dataclasses.replace(source, model=model, equalization=report)
 
 
+def _adarounded(source: ExportSource, calibration: torch.Tensor, console: Console) -> ExportSource:
+    """The source with BatchNorm folded and its weights' int8 rounding learned (the float reference keeps the
+    original)."""
+    from edgecnn.quantize.adaround import adaround
+
+    console.print(f"  learning the int8 weights' rounding (AdaRound) on {len(calibration)} calibration images")
+    model, report = adaround(source.model, calibration)
+    console.print(f"    {report['layers']} layers in {report['seconds']} s: output error "
+                  f"{report['error_vs_nearest']['median']:.2f}x that of rounding to nearest (median layer)")
+    return dataclasses.replace(source, model=model, adaround=report)
+
+
 def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
                 calibration: Images | None, verification: Images, reference: FloatReference, console: Console,
                 calib_reference: FloatReference | None) -> Artefact:
@@ -294,6 +316,8 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
         artefact.calibration = choice.report() if choice else {"method": builder.method}
         if builder.source.equalization is not None:
             artefact.calibration["equalization"] = builder.source.equalization
+        if builder.source.adaround is not None:
+            artefact.calibration["adaround"] = builder.source.adaround
         artefact.warnings = warnings(artefact, options, len(verification))
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"

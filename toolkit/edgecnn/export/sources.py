@@ -33,6 +33,7 @@ class ExportSource:
     task: str = "classify"  # or "detect": an SSDLite whose outputs are (box encodings, class logits)
     val_dataset: str | None = None  # a detector's held-out box dataset (coco:PATH or yolo:PATH)
     equalization: dict | None = None  # what edgecnn.quantize.equalize did to `model` before int8
+    adaround: dict | None = None  # what edgecnn.quantize.adaround did to `model` before int8
 
 
 @dataclass
