@@ -91,7 +91,8 @@ def main() -> None:
     for row in rows:
         row["latency_ms"] = latency.get(f"{row['method']}|{row['format']}")
     if options.only:
-        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["method"] not in options.only]
+        replaced = {*options.only, *(["before this change"] if before else [])}
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["method"] not in replaced]
         order = [*RUNS, "before this change"]
         rows = sorted(kept + rows, key=lambda r: (order.index(r["method"]), r["format"] != "tflite"))
     result = {"rows": rows, "threads": 1}

@@ -482,9 +482,38 @@ def test_batchnorm_folding_keeps_the_outputs():
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
     images = torch.randn(4, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_folding_leaves_what_it_cannot_fold_exactly():
+    """A convolution called twice (each call read by another BatchNorm), a BatchNorm without learned affine
+    parameters after a biased convolution: the first stays as it is, the second folds."""
+    from edgecnn.quantize.adaround import fold_batchnorm
+
+    class Unusual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared, self.a, self.b = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3), \
+                torch.nn.BatchNorm2d(3)
+            self.biased, self.plain = torch.nn.Conv2d(3, 4, 1, bias=True), torch.nn.BatchNorm2d(4, affine=False)
+
+        def forward(self, x):
+            x = self.a(self.shared(x)) + self.b(self.shared(x))
+            return self.plain(self.biased(x))
+
+    model = Unusual().eval()
+    for norm in (model.a, model.b, model.plain):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.a, torch.nn.BatchNorm2d) and isinstance(folded.b, torch.nn.BatchNorm2d)
+    assert isinstance(folded.plain, torch.nn.Identity)
+    images = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
 
@@ -502,9 +531,11 @@ def test_adaround_puts_weights_on_the_grid_the_converters_compute():
     # rounding to nearest is already the best there is).
     calibration = torch.nn.functional.interpolate(torch.randn(24, 3, 4, 4), size=16, mode="bilinear")
     rounded, report = adaround(model, calibration)
-    assert report["layers"] == 6 and report["iterations"] > 0 and report["seconds"] >= 0
-    # Less output error than rounding to nearest (a layer where learning did not pay keeps nearest).
-    assert report["error_vs_nearest"]["median"] < 0.9 and report["error_vs_nearest"]["worst"] <= 1.0, report
+    # Less output error than rounding to nearest on held-out patches, in most layers (rounding to nearest, or any
+    # worse rounding, would count as none); a layer where learning did not pay keeps nearest. The classifier reads
+    # 24 vectors (one per image) for 16 weights a row: too few to learn from.
+    assert report["layers"] == 6 and 3 <= report["learned"] <= 5, report
+    assert report["error_vs_nearest"]["median"] < 1.0 and report["error_vs_nearest"]["worst"] <= 1.0, report
     assert report["weights_rounded_the_other_way"] > 0.01, report
     layers = [m for m in rounded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     checked_exactly, spec = 0, pt2e_quantizer().global_config.weight  # what litert-torch rounds weights with

@@ -36,7 +36,7 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 @click.option("--no-equalize", is_flag=True,
               help="Quantize the channels as trained (default: rescale them so one int8 range fits all).")
 @click.option("--adaround", is_flag=True,
-              help="Learn how each int8 weight is rounded (AdaRound) on the calibration images: slower (~70 s for "
+              help="Learn how each int8 weight is rounded (AdaRound) on the calibration images: slower (~80 s for "
                    "a MobileNetV2 on 2 cores), less weight error.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")

@@ -131,7 +131,9 @@ def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, c
             "float_layers": float_layers,
             "target": target,
             "equalization": source.equalization if scheme is not None else None,
-            "adaround": source.adaround if scheme is not None else None,
+            # Without the seconds it took: the same export gives the same file.
+            "adaround": {k: v for k, v in source.adaround.items() if k != "seconds"}
+            if scheme is not None and source.adaround else None,
         },
     }
 
@@ -167,6 +169,9 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
         found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
                      f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images"
                      + ("" if options.adaround else ", or learn the weights' rounding (--adaround)"))
+    if options.adaround and (artefact.scheme or {}).get("reduce_range"):
+        found.append("--adaround learned 8-bit weight steps, and this file's weights are 7-bit (reduce_range, for x86 "
+                     "without VNNI): they are rounded again")
     if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
         found.append(f"on the images the float model is sure of, only {artefact.confident_agreement:.1%} agree "
                      f"(< {LOW_SURE_AGREEMENT:.0%})")
@@ -194,9 +199,6 @@ def export(
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
     if options.adaround and not options.int8:
         raise EdgeCNNError("--adaround learns how int8 weights are rounded: add --int8")
-    if options.adaround and source.qat is not None:
-        raise EdgeCNNError("--adaround is for post-training int8: this checkpoint's weights were already trained for "
-                           "int8 (QAT)")
     with exclusive_folder(out_dir, "export"), interruptible() as interrupts:
         return _export_all(source, options, out_dir, calibration, verification, console, interrupts)
 
@@ -273,8 +275,9 @@ def _adarounded(source: ExportSource, calibration: torch.Tensor, console: Consol
 
     console.print(f"  learning the int8 weights' rounding (AdaRound) on {len(calibration)} calibration images")
     model, report = adaround(source.model, calibration)
-    console.print(f"    {report['layers']} layers in {report['seconds']} s: output error "
-                  f"{report['error_vs_nearest']['median']:.2f}x that of rounding to nearest (median layer)")
+    if report["layers"]:
+        console.print(f"    {report['learned']} of {report['layers']} layers learned in {report['seconds']} s: output "
+                      f"error {report['error_vs_nearest']['median']:.2f}x that of rounding to nearest (median layer)")
     return dataclasses.replace(source, model=model, adaround=report)
 
 

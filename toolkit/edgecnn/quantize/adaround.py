@@ -5,7 +5,10 @@
 Rounding each weight to its nearest int8 step is best for the weight, not for what the layer computes: a layer's
 output errors add up over its inputs, and rounding some weights the other way cancels them. AdaRound learns, per
 weight, whether to round down or up, minimising the error of the layer's output on calibration inputs (here: 2048
-input patches of the float model, per layer), with a regulariser that drives every choice to a whole step.
+input patches per layer, taken with the layers before it already rounded, as in the paper), with a regulariser that
+drives every choice to a whole step. A fifth of the patches is held out: a layer whose learned rounding does worse
+there than rounding to nearest keeps nearest, as does a layer with too few inputs to learn from (a classifier reads
+one vector per image).
 
 BatchNorm is folded into the convolutions first: the rounding must be learned on the weights that get quantized.
 The result is a model whose conv/linear weights already sit on the per-channel int8 grid the converters compute
@@ -24,10 +27,13 @@ import contextlib
 import copy
 import math
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from edgecnn.errors import EdgeCNNError, first_line
 
@@ -41,27 +47,30 @@ BETA = (20.0, 2.0)  # the regulariser's exponent, annealed: late steps push ever
 STEPS = 127  # int8 weights: symmetric, -127..127, as PT2E's and onnxruntime's weight quantizers use
 LEAST_SCALE = 2**-12  # litert-torch's weight observer gives no channel a finer step (onnxruntime has no floor)
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
+HELD_OUT = 0.2  # of the patches: what decides between learned and nearest
+SAMPLES_PER_INPUT = 2  # fewer patches than this per weight of an output channel: nothing to learn from
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every BatchNorm2d that alone reads a Conv2d folded into it (and replaced by Identity)."""
+    """A copy of `model` with every BatchNorm2d that alone reads a Conv2d folded into it (and replaced by Identity):
+    each called once, the BatchNorm with running statistics, the convolution's weight a plain parameter."""
     model = copy.deepcopy(model).eval()
     try:
         graph = torch.fx.symbolic_trace(model)
     except Exception as e:
         raise EdgeCNNError(f"--adaround cannot trace the model to fold its BatchNorm layers: {first_line(e)}") from None
     modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.graph.nodes if n.op == "call_module")
     for node in graph.graph.nodes:
         norm = modules.get(node.target) if node.op == "call_module" else None
         before = node.args[0] if norm is not None and node.args else None
         conv = modules.get(before.target) if getattr(before, "op", "") == "call_module" else None
-        if not isinstance(norm, nn.BatchNorm2d) or not isinstance(conv, nn.Conv2d) or len(before.users) != 1:
+        if (not isinstance(norm, nn.BatchNorm2d) or not isinstance(conv, nn.Conv2d) or len(before.users) != 1
+                or calls[node.target] != 1 or calls[before.target] != 1 or norm.running_var is None
+                or parametrize.is_parametrized(conv)):
             continue
-        with torch.no_grad():
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                      norm.eps, norm.weight, norm.bias)
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else model, name, nn.Identity())
     return model
@@ -82,7 +91,10 @@ def _input_patches(model: nn.Module, layer: nn.Module, calibration: torch.Tensor
     def sample(module, args, output):
         x = args[0]
         if isinstance(module, nn.Conv2d):
-            columns = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+            # The convolution's own padding ('same' and reflect, replicate, circular included), then plain windows.
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+            columns = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)
             x = columns.transpose(1, 2).reshape(-1, columns.shape[1])
         else:
             x = x.reshape(-1, x.shape[-1])
@@ -97,6 +109,8 @@ def _input_patches(model: nn.Module, layer: nn.Module, calibration: torch.Tensor
                     model(calibration[start:start + 8])
     finally:
         handle.remove()
+    if not taken:  # a module whose weights the model uses without calling it
+        return torch.empty(0)
     patches = torch.cat(taken)[:PATCHES]
     groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
     return patches.reshape(len(patches), groups, -1)
@@ -107,15 +121,41 @@ def _outputs(patches: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("pgi,goi->pgo", patches, weights)
 
 
-def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Generator) -> tuple[float, float, float]:
-    """Put the layer's weights on their int8 grid, each rounded down or up as learned; return the output error
-    (mean squared) of rounding to nearest and of the learned rounding on the patches, and the fraction of weights
-    rounded away from their nearest step."""
+def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Generator) -> dict:
+    """Put the layer's weights on their int8 grid, each rounded down or up as learned on most of the patches (or to
+    nearest where the held-out patches say learning did not pay); return the held-out output errors (mean squared)
+    of both roundings and how many weights were rounded away from their nearest step."""
     weight = layer.weight.detach()
     groups = patches.shape[1]
     w = weight.reshape(groups, weight.shape[0] // groups, -1)
     # The converters' scale: each output channel's largest |weight| over 127, and PT2E's floor.
     scale = (w.abs().amax(2, keepdim=True) / STEPS).clamp(min=LEAST_SCALE)
+    nearest = torch.round(w / scale).clamp(-STEPS, STEPS)
+    patches = patches[torch.randperm(len(patches), generator=generator)]
+    held_out = max(1, int(len(patches) * HELD_OUT))
+    check, train = patches[:held_out], patches[held_out:]
+    learned = nearest
+    if len(train) >= SAMPLES_PER_INPUT * w.shape[2]:
+        learned = _learned_steps(w, scale, train, generator)
+    with torch.no_grad():
+        target = _outputs(check, w)
+        error_nearest = float(((_outputs(check, scale * nearest) - target) ** 2).mean())
+        error_learned = float(((_outputs(check, scale * learned) - target) ** 2).mean())
+        if error_learned > error_nearest:  # over-fitted, or a few hundred noisy steps ended worse: never ship that
+            learned, error_learned = nearest, error_nearest
+        rounded = scale * learned
+        shift = torch.einsum("goi,gi->go", rounded - w, patches.mean(0)).reshape(-1)
+        layer.weight.copy_(rounded.reshape(weight.shape))
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(weight.shape[0]))
+        layer.bias.sub_(shift)
+    return {"nearest": error_nearest, "learned": error_learned, "moved": int((learned != nearest).sum()),
+            "weights": learned.numel()}
+
+
+def _learned_steps(w: torch.Tensor, scale: torch.Tensor, patches: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """AdaRound's int8 steps for the weights `w` (groups × outputs × inputs) on their grid `scale`."""
     floor = torch.floor(w / scale)
     rest = w / scale - floor
     # Start where rounding is the float weight's own fraction: h(v) = rest.
@@ -135,24 +175,12 @@ def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Ge
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        nearest = torch.round(w / scale).clamp(-STEPS, STEPS)
-        learned = (floor + (v >= 0).float()).clamp(-STEPS, STEPS).reshape(weight.shape[0], -1)
+        learned = (floor + (v >= 0).float()).clamp(-STEPS, STEPS).reshape(len(w) * w.shape[1], -1)
         # Each channel's largest weight stays at ±127: the scale every converter derives from the weights is then
         # the one learned with.
-        rows, top = torch.arange(weight.shape[0]), w.reshape(weight.shape[0], -1).abs().argmax(1)
-        learned[rows, top] = nearest.reshape(weight.shape[0], -1)[rows, top]
-        learned = learned.reshape(w.shape)
-        error_nearest = float(((_outputs(patches, scale * nearest) - target) ** 2).mean())
-        error_learned = float(((_outputs(patches, scale * learned) - target) ** 2).mean())
-        if error_learned > error_nearest:  # a few hundred noisy steps can end worse: never ship that
-            learned, error_learned = nearest, error_nearest
-        rounded = scale * learned
-        shift = torch.einsum("goi,gi->go", rounded - w, patches.mean(0)).reshape(-1)
-        layer.weight.copy_(rounded.reshape(weight.shape))
-        if layer.bias is None:
-            layer.bias = nn.Parameter(torch.zeros(weight.shape[0]))
-        layer.bias.sub_(shift)
-    return error_nearest, error_learned, float((learned != nearest).float().mean())
+        rows, top = torch.arange(len(learned)), w.reshape(len(learned), -1).abs().argmax(1)
+        learned[rows, top] = torch.round(w / scale).clamp(-STEPS, STEPS).reshape(len(learned), -1)[rows, top]
+    return learned.reshape(w.shape)
 
 
 def adaround(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> tuple[nn.Module, dict]:
@@ -161,19 +189,20 @@ def adaround(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> tupl
     started = time.perf_counter()
     model = fold_batchnorm(model)
     generator = torch.Generator().manual_seed(seed)
-    ratios, changed = [], []
+    layers = []
     for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
-        error_nearest, error_learned, moved = _learn_rounding(
-            layer, _input_patches(model, layer, calibration, generator), generator)
-        ratios.append(error_learned / error_nearest if error_nearest > 0 else 1.0)
-        changed.append(moved)
-    ratios.sort()
+        patches = _input_patches(model, layer, calibration, generator)
+        if len(patches):
+            layers.append(_learn_rounding(layer, patches, generator))
+    ratios = sorted(r["learned"] / r["nearest"] if r["nearest"] > 0 else 1.0 for r in layers)
     return model, {
-        "layers": len(ratios),
+        "layers": len(layers),
+        "learned": sum(r["learned"] < r["nearest"] for r in layers),  # the others kept rounding to nearest
         "iterations": ITERATIONS,
         "seconds": round(time.perf_counter() - started, 1),
-        # Per layer, the output error of the learned rounding over that of rounding to nearest (median, worst).
+        # Per layer, on held-out patches: the output error of the rounding kept over that of rounding to nearest.
         "error_vs_nearest": {"median": round(ratios[len(ratios) // 2], 3) if ratios else None,
                              "worst": round(ratios[-1], 3) if ratios else None},
-        "weights_rounded_the_other_way": round(sum(changed) / max(len(changed), 1), 4),
+        "weights_rounded_the_other_way": round(sum(r["moved"] for r in layers)
+                                               / max(sum(r["weights"] for r in layers), 1), 4),
     }

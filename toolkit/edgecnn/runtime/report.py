@@ -99,7 +99,7 @@ def print_model_summary(console: Console, summary: dict) -> None:
             add_row("equalization", _equalization_text(quant["equalization"]))
         if isinstance(quant.get("adaround"), dict):
             adaround = quant["adaround"]
-            add_row("adaround", f"rounding of {adaround.get('layers')} layers learned in {adaround.get('seconds')} s")
+            add_row("adaround", f"rounding learned for {adaround.get('learned')} of {adaround.get('layers')} layers")
         add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
                           f"recipe {src['recipe_hash']}")
         add_row("edgecnn", card["edgecnn_version"])
