@@ -85,13 +85,14 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
     assert "learning the int8 weights' rounding (AdaRound)" in result.stdout
     for a in report["artifacts"]:
         adaround = a["calibration"]["adaround"]
-        # tinycnn: four convolutions, learned, and the classifier (one input vector per image: kept nearest).
-        assert adaround["layers"] == 5 and adaround["learned"] == 4, adaround
+        # tinycnn: four convolutions and the classifier; most beat rounding to nearest on held-out patches (where
+        # one does not, it keeps nearest).
+        assert adaround["layers"] == 5 and adaround["learned"] >= 3, adaround
         assert adaround["error_vs_nearest"]["median"] < 1.0 and adaround["seconds"] > 0, adaround
         card = read_model_file(a["path"]).card["quantization"]["adaround"]
         assert card == {k: v for k, v in adaround.items() if k != "seconds"}  # same export, same file
     info = edgecnn_in_process("info", tmp_path / "tinycnn_int8.tflite")
-    assert "rounding learned for 4 of 5 layers" in info.stdout
+    assert f"rounding learned for {adaround['learned']} of 5 layers" in info.stdout
 
 
 @pytest.mark.parametrize("name", list(MODELS))
