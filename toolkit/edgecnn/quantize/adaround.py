@@ -136,7 +136,7 @@ def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Ge
     check, train = patches[:held_out], patches[held_out:]
     learned = nearest
     if len(train) >= SAMPLES_PER_INPUT * w.shape[2]:
-        learned = _learned_steps(w, scale, train, generator)
+        learned = _learned_steps(w, scale, nearest, train, generator)
     with torch.no_grad():
         target = _outputs(check, w)
         error_nearest = float(((_outputs(check, scale * nearest) - target) ** 2).mean())
@@ -153,9 +153,10 @@ def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Ge
             "weights": learned.numel()}
 
 
-def _learned_steps(w: torch.Tensor, scale: torch.Tensor, patches: torch.Tensor,
+def _learned_steps(w: torch.Tensor, scale: torch.Tensor, nearest: torch.Tensor, patches: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
-    """AdaRound's int8 steps for the weights `w` (groups × outputs × inputs) on their grid `scale`."""
+    """AdaRound's int8 steps for the weights `w` (groups × outputs × inputs) on their grid `scale` (`nearest`: the
+    steps rounding to nearest gives)."""
     floor = torch.floor(w / scale)
     rest = w / scale - floor
     # Start where rounding is the float weight's own fraction: h(v) = rest.
@@ -179,7 +180,7 @@ def _learned_steps(w: torch.Tensor, scale: torch.Tensor, patches: torch.Tensor,
         # Each channel's largest weight stays at ±127: the scale every converter derives from the weights is then
         # the one learned with.
         rows, top = torch.arange(len(learned)), w.reshape(len(learned), -1).abs().argmax(1)
-        learned[rows, top] = torch.round(w / scale).clamp(-STEPS, STEPS).reshape(len(learned), -1)[rows, top]
+        learned[rows, top] = nearest.reshape(len(learned), -1)[rows, top]
     return learned.reshape(w.shape)
 
 
