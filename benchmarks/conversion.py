@@ -27,7 +27,7 @@ from edgecnn import __version__  # noqa: E402
 from edgecnn.data import read_labels  # noqa: E402
 from edgecnn.export import ExportOptions, export  # noqa: E402
 from edgecnn.export.sources import ExportSource, dataset_images, folder_images, source_from_weights  # noqa: E402
-from edgecnn.models import build_model  # noqa: E402
+from edgecnn.models.build import build_model  # noqa: E402
 from edgecnn.preprocess import Preprocess  # noqa: E402
 
 SMALL = [("tinycnn", 1.0), ("resnet8", 1.0), ("mobilenet_v2", 0.5), ("mobilenet_v3_small_edge", 0.5)]

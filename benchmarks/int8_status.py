@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT / "toolkit"))
 
 from edgecnn.export import ExportOptions, export  # noqa: E402
 from edgecnn.export.sources import ExportSource, dataset_images  # noqa: E402
-from edgecnn.models import MODELS, build_model  # noqa: E402
+from edgecnn.models import MODELS  # noqa: E402
+from edgecnn.models.build import build_model  # noqa: E402
 from edgecnn.preprocess import Preprocess  # noqa: E402
 from rich.console import Console  # noqa: E402
 

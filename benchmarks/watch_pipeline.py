@@ -40,7 +40,7 @@ ROUNDS, RUNS = 7, 200
 def export_model(folder: Path) -> Path:
     from edgecnn.export import ExportOptions, export
     from edgecnn.export.sources import ExportSource, folder_images, split_unlabelled
-    from edgecnn.models import build_model
+    from edgecnn.models.build import build_model
     from edgecnn.preprocess import Preprocess
     from rich.console import Console
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import ROOT, assert_clean_error, edgecnn, edgecnn_in_process
-from edgecnn.models import build_model
+from edgecnn.models.build import build_model
 from edgecnn.summary import conv_output_size, model_layers
 from torch import nn
 

@@ -11,7 +11,7 @@ from edgecnn import runtime
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
-from edgecnn.models import build_model
+from edgecnn.models.build import build_model
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime.modelfile import embed_card, read_model_file
 from rich.console import Console

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 from edgecnn.errors import EdgeCNNError
-from edgecnn.models import MODELS, build_model, load_pretrained
+from edgecnn.models import MODELS
+from edgecnn.models.build import build_model, load_pretrained
 from edgecnn.models.mobilenet_v3_edge import HardSigmoidReLU6
 
 

@@ -5,7 +5,8 @@ import torch
 from conftest import assert_clean_error, edgecnn, edgecnn_in_process
 from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.errors import EdgeCNNError
-from edgecnn.models import build_model, model_spec
+from edgecnn.models import model_spec
+from edgecnn.models.build import build_model
 from edgecnn.preprocess import Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes, prune_channels
 from edgecnn.runtime.modelfile import read_model_file

@@ -90,7 +90,7 @@ def test_the_doctor_refuses_shared_images_and_names_problems():
 
 
 def test_layer_errors_name_every_quantized_layer_by_module_path():
-    from edgecnn.models import build_model
+    from edgecnn.models.build import build_model
     from edgecnn.quantize import pt2e
 
     torch.manual_seed(0)
@@ -415,7 +415,7 @@ def test_a_shared_convolution_is_not_equalized():
 @pytest.mark.parametrize("name", ["tinycnn", "resnet8", "mobilenet_v2", "mobilenet_v3_small_edge", "resnet18",
                                   "shufflenet_v2_x0_5", "efficientnet_b0", "convnext_edge"])
 def test_equalization_keeps_registry_models_outputs(name):
-    from edgecnn.models import build_model
+    from edgecnn.models.build import build_model
     from edgecnn.quantize.equalize import equalize
 
     torch.manual_seed(0)

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from edgecnn import __version__
 from edgecnn.atomic import atomic_path
 from edgecnn.errors import EdgeCNNError
-from edgecnn.models import build_model
-from edgecnn.models.ssdlite import DETECTORS, build_detector
+from edgecnn.models import DETECTORS
 from edgecnn.preprocess import Preprocess
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read, written or built: a missing file fails at once
+    import torch
+    from torch import nn
 
 FORMAT = "edgecnn-checkpoint/1"
 
@@ -46,6 +46,9 @@ class Checkpoint:
 
     def build(self) -> nn.Module:
         """The model with this checkpoint's weights (and pruned shapes), in eval mode."""
+        from edgecnn.models.build import build_model
+        from edgecnn.models.ssdlite import build_detector
+
         if self.task == "detect":
             model = build_detector(self.model, self.num_classes, self.width, self.preprocess.img_size)[0]
         else:
@@ -63,6 +66,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    import torch
+
     payload = {
         "format": FORMAT,
         "edgecnn_version": __version__,
@@ -87,6 +92,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"checkpoint not found: {path}")
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

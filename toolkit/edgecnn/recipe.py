@@ -238,8 +238,7 @@ def with_train_defaults(recipe: Recipe) -> Recipe:
     t = recipe.train
     if t.lr is not None and t.warmup_epochs is not None:
         return recipe
-    from edgecnn.models import FAMILY_DEFAULTS, model_spec
-    from edgecnn.models.ssdlite import DETECTORS
+    from edgecnn.models import DETECTORS, FAMILY_DEFAULTS, model_spec
 
     name = recipe.model.name
     family = FAMILY_DEFAULTS[model_spec(DETECTORS[name].backbone if name in DETECTORS else name).family]
@@ -252,7 +251,7 @@ def validate(recipe: Recipe) -> Recipe:
     """Checks beyond types: ranges, names and files; returns the recipe with its training defaults filled in.
     Raises EdgeCNNError naming the key."""
     from edgecnn.data import AUGMENTATIONS, parse_dataset, resolved_dataset
-    from edgecnn.models import model_spec
+    from edgecnn.models import check_width, model_spec
 
     if recipe.task == "detect":
         return _validate_detection(recipe)
@@ -270,6 +269,7 @@ def validate(recipe: Recipe) -> Recipe:
     for key, value in positive.items():
         if value <= 0:
             raise EdgeCNNError(f"{key} must be positive, got {value}")
+    check_width(recipe.model.name, recipe.model.width)
     t = recipe.train
     if t.unfreeze is not None and t.freeze != "backbone":
         raise EdgeCNNError("train.unfreeze: needs train.freeze: backbone (nothing is frozen to unfreeze)")
@@ -323,7 +323,7 @@ def validate(recipe: Recipe) -> Recipe:
 
 def _validate_detection(recipe: Recipe) -> Recipe:
     """A detection recipe: a registry detector, COCO or YOLO train and held-out datasets, stages detectors have."""
-    from edgecnn.models.ssdlite import DETECTORS
+    from edgecnn.models import DETECTORS
 
     if recipe.model.name not in DETECTORS:
         raise EdgeCNNError(f"model.name: '{recipe.model.name}' is not a detector{closest(recipe.model.name, DETECTORS)}"

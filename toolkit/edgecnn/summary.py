@@ -132,7 +132,7 @@ def summarise(target: str, img_size: int | None, num_classes: int | None, width:
                                f"{num_classes}: a head for {num_classes} classes would be ({num_classes}, {shape[1]})")
         size = img_size or ckpt.preprocess.img_size
         return model_layers(ckpt.build(), size), f"{path.name}: {ckpt.model} at {size}×{size}"
-    from edgecnn.models import build_model
+    from edgecnn.models.build import build_model
     from edgecnn.recipe import DEFAULT_IMG_SIZE
 
     size = img_size or DEFAULT_IMG_SIZE  # as `edgecnn train` without pretrained weights

@@ -23,7 +23,8 @@ from edgecnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgecnn.data import Dataset, default_normalisation, load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.loader import make_loader, normalise_batch, set_epoch
-from edgecnn.models import build_model, load_pretrained, model_spec
+from edgecnn.models import model_spec
+from edgecnn.models.build import build_model, load_pretrained
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgecnn.prune import apply_layer_shapes, layer_shapes
 from edgecnn.recipe import Recipe, TrainConfig, input_size, with_train_defaults

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgecnn.models import model_spec
+from edgecnn.models import DETECTORS, model_spec
 from edgecnn.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from edgecnn.recipe import PRETRAINED_IMG_SIZE, Recipe, input_size
 
@@ -65,7 +65,7 @@ def keep_frozen_batchnorm(modules: list[nn.Module]) -> None:
 def head_parameters(model: nn.Module, name: str) -> set[int]:
     """ids of the parameters of the layers new on a pretrained backbone (they get train.lr, the rest
     train.backbone_lr): a classifier's head; a detector's head and extra feature layers."""
-    from edgecnn.models.ssdlite import DETECTORS, NEW_LAYERS
+    from edgecnn.models.ssdlite import NEW_LAYERS
 
     heads = NEW_LAYERS if name in DETECTORS else (model_spec(name).head,)
     return {id(p) for head in heads for p in model.get_submodule(head).parameters()}

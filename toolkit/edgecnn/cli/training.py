@@ -21,9 +21,11 @@ DEVICE_HELP = "Where PyTorch runs: auto (cuda when present), cpu or cuda."
 def run(recipe_path: Path, out_dir: Path | None, force: bool) -> None:
     """Run a recipe's stages in order (train, prune, export) and write OUT/report.json."""
     from edgecnn.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)  # checked before the workflows (and torch) are imported
+
     from edgecnn.workflows.recipe import run_recipe
 
-    recipe = load_recipe(recipe_path)
     out_dir = out_dir or Path("runs") / recipe.name
     report = run_recipe(recipe, out_dir, console, force=force)
     table = Table(title=f"{recipe.name} → {out_dir}")
@@ -80,14 +82,10 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
               val: str | None, json_path: Path | None) -> None:
     """Train a model on a dataset; writes OUT/best.pt and OUT/last.pt and prints a per-epoch table. A detector
     (--model ssdlite_...) trains on a COCO or YOLO dataset and is scored on --val."""
-    from edgecnn.models.ssdlite import DETECTORS
+    from edgecnn.models import DETECTORS
     from edgecnn.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, UnfreezeConfig, validate
 
     detect = model_name in DETECTORS
-    if detect:
-        from edgecnn.detection.train import train_detector as train
-    else:
-        from edgecnn.train import train
     recipe = validate(
         Recipe(
             name="train",
@@ -101,6 +99,10 @@ def train_cmd(model_name: str, dataset: str, out_dir: Path, epochs: int, img_siz
                               unfreeze=UnfreezeConfig(unfreeze_at, unfreeze_blocks) if unfreeze_at else None),
         )
     )
+    if detect:
+        from edgecnn.detection.train import train_detector as train
+    else:
+        from edgecnn.train import train
     result = train(recipe, out_dir, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(f"best {result.metric} {result.best:.4f} → {result.best_path}; last → {result.last_path}")
@@ -122,11 +124,13 @@ def eval_cmd(checkpoint: Path, dataset: str | None, split: str, batch_size: int,
     """Evaluate a checkpoint: top-1 and top-5 accuracy on a dataset split; a detector's mAP@0.5 and
     mAP@0.5:0.95 on a COCO or YOLO dataset (its held-out one by default)."""
     from edgecnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+
     from edgecnn.data import load_dataset, recorded_dataset
     from edgecnn.loader import make_loader
     from edgecnn.train import evaluate, resolve_device
 
-    ckpt = load_checkpoint(checkpoint)
     if ckpt.task == "detect":
         _eval_detector(checkpoint, ckpt, dataset, batch_size, resolve_device(device), json_path)
         return

@@ -68,7 +68,7 @@ def source_from_weights(
 ) -> ExportSource:
     """A torchvision-style classifier from a state_dict: ImageNet normalisation and torchvision's centre crop;
     as many classes as the weights' head has (1000 for ImageNet weights)."""
-    from edgecnn.models import build_model, head_classes, load_pretrained, weights_state_dict
+    from edgecnn.models.build import build_model, head_classes, load_pretrained, weights_state_dict
 
     state = weights_state_dict(name, weights)
     num_classes = head_classes(name, state) or IMAGENET_CLASSES

@@ -9,7 +9,6 @@ anchors and box coding travel in the model card (`edgecnn.runtime.detector`). Mo
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -23,7 +22,8 @@ from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNe
 from torchvision.ops import boxes as box_ops
 
 from edgecnn.errors import EdgeCNNError, closest
-from edgecnn.models import build_model, load_pretrained, weights_state_dict
+from edgecnn.models import DETECTORS
+from edgecnn.models.build import build_model, load_pretrained, weights_state_dict
 from edgecnn.runtime.decoding import BoxCoding, Decoding
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's SSD box coder: dx, dy, dw, dh
@@ -35,24 +35,6 @@ NEW_LAYERS = ("head", "backbone.extra")  # what an ImageNet backbone does not br
 
 # torchvision's SSDLite uses BatchNorm with TF's eps and momentum for the layers it adds (and its own backbone).
 SSD_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
-
-
-@dataclass(frozen=True)
-class SSDLiteConfig:
-    backbone: str  # the classifier in edgecnn.models.MODELS whose ImageNet weights the backbone takes
-    reduced_tail: bool = False  # torchvision's ssdlite320 halves the last blocks' channels (no ImageNet weights fit)
-    # Anchor sizes run from min_scale to 0.95 of the input over the 6 feature maps. torchvision's 0.2 suits COCO;
-    # a camera's people are smaller (vtest.avi at 320 px: 15×44 px, best anchor IoU 0.16 with 0.2, 0.47 with 0.1).
-    min_scale: float = 0.1
-
-
-DETECTORS: dict[str, SSDLiteConfig] = {
-    "ssdlite_mobilenet_v2": SSDLiteConfig("mobilenet_v2"),
-    "ssdlite_mobilenet_v3_small_edge": SSDLiteConfig("mobilenet_v3_small_edge"),
-    "ssdlite_mobilenet_v3_large_edge": SSDLiteConfig("mobilenet_v3_large_edge"),
-    # Exactly torchvision's ssdlite320_mobilenet_v3_large, for users who have its COCO weights.
-    "ssdlite_mobilenet_v3_large": SSDLiteConfig("mobilenet_v3_large", reduced_tail=True, min_scale=0.2),
-}
 
 
 class _V2Block(nn.Module):
