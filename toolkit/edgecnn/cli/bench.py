@@ -136,17 +136,19 @@ def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list
     """The checkpoint plus its verified exports (and rows for the exports that failed) for --all-formats."""
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.quantize.calibrate import parse_calibration
-    from edgecnn.workflows.bench_formats import export_all_formats
 
     if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
         raise EdgeCNNError("--all-formats takes one edgecnn checkpoint (.pt)")
     if params["device"] not in ("cpu", "local"):
         raise EdgeCNNError("--all-formats measures PyTorch and every installed format on this machine (--device cpu); "
                            "bench the exported files on other devices")
+    calibration = parse_calibration(params["calibration"])
+
+    from edgecnn.workflows.bench_formats import export_all_formats  # torch and the converters: after the checks
+
     out = params["export_dir"] or models[0].parent / "bench-export"
     exported, failed = export_all_formats(models[0], out, options.dataset, options.eval_samples,
-                                          params["max_accuracy_drop"], params["int8_target"],
-                                          parse_calibration(params["calibration"]), console)
+                                          params["max_accuracy_drop"], params["int8_target"], calibration, console)
     if not (options.dataset or options.images):
         options.dataset = load_checkpoint(models[0]).dataset
     return models + exported, failed

@@ -48,26 +48,30 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
                out_dir: Path, json_path: Path | None, **params) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
     from edgecnn.cli.common import options_from
-    from edgecnn.data import read_labels
-    from edgecnn.export import ExportOptions, parse_formats
-    from edgecnn.export.sources import export_images, source_from_checkpoint, source_from_weights
     from edgecnn.quantize.calibrate import parse_calibration
     from edgecnn.quantize.target import scheme_for
-    from edgecnn.workflows.export import examine_calibration, export_verified, raise_failures
+    from edgecnn.runtime.formats import parse_formats
 
-    scheme_for(params["target"])  # an unknown name fails before any work
-    options = options_from(ExportOptions, params, formats=parse_formats(params["formats"]),
-                           fallback=not params["no_fallback"], equalize=not params["no_equalize"],
-                           calibration=parse_calibration(params["calibration"]))
+    # What the command line alone can get wrong fails before torch and the converters are imported.
+    scheme_for(params["target"])
+    formats, calibration = parse_formats(params["formats"]), parse_calibration(params["calibration"])
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
+    if checkpoint is None and not (model_name and weights):
+        raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
+
+    from edgecnn.data import read_labels
+    from edgecnn.export import ExportOptions
+    from edgecnn.export.sources import export_images, source_from_checkpoint, source_from_weights
+    from edgecnn.workflows.export import examine_calibration, export_verified, raise_failures
+
+    options = options_from(ExportOptions, params, formats=formats, fallback=not params["no_fallback"],
+                           equalize=not params["no_equalize"], calibration=calibration)
     if checkpoint is not None:
         source = source_from_checkpoint(checkpoint)
-    elif model_name and weights:
+    else:
         labels = read_labels(labels_file) if labels_file else None
         source = source_from_weights(model_name, weights, labels, params["img_size"], params["width"])
-    else:
-        raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
     dataset, calib_images, calib_video = params["dataset"], params["calib_images"], params["calib_video"]
     calibration, verification = export_images(source, dataset, calib_images, calib_video, params["calib_every"],
                                               params["calib_samples"], params["eval_samples"], options.int8)

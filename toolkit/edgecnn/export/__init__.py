@@ -23,7 +23,7 @@ from rich.console import Console
 
 from edgecnn import __version__
 from edgecnn.atomic import exclusive_folder, install_model
-from edgecnn.errors import EdgeCNNError, closest
+from edgecnn.errors import EdgeCNNError
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
 from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
@@ -96,17 +96,6 @@ def accuracy_drop(score: float | None, float_score: float | None, agreement: flo
     if score is None or float_score is None:
         return 100.0 * (1.0 - agreement)
     return 100.0 * (float_score - score)
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    for f in formats:
-        if f not in FORMATS:
-            raise EdgeCNNError(f"unknown format '{f}'{closest(f, FORMATS)}; choose from {', '.join(FORMATS)}")
-        FORMATS[f].require()
-    if not formats:
-        raise EdgeCNNError(f"no format given: use --format {','.join(DEFAULT_FORMATS)}")
-    return formats
 
 
 def model_card(source: ExportSource, path: Path, fmt: str, scheme: str | None, calibration: Images | None,

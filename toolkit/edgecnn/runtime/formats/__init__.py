@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, closest
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,14 @@ def model_size(path: str | Path) -> int:
 def installed_formats() -> tuple[str, ...]:
     """The formats whose runtime this machine has."""
     return tuple(name for name, f in FORMATS.items() if importlib.util.find_spec(f.package) is not None)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    for f in formats:
+        if f not in FORMATS:
+            raise EdgeCNNError(f"unknown format '{f}'{closest(f, FORMATS)}; choose from {', '.join(FORMATS)}")
+        FORMATS[f].require()
+    if not formats:
+        raise EdgeCNNError(f"no format given: use --format {','.join(DEFAULT_FORMATS)}")
+    return formats
