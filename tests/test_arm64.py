@@ -99,8 +99,8 @@ def test_int8_models_agree_with_x86_on_emulated_pi4_and_pi5(userland, digits_int
 @needs_userland
 def test_onnx_exported_for_arm_runs_on_the_emulated_pi5(userland, digits_checkpoint, tmp_path):
     """`export --target arm` (signed int8 activations, no reduce_range: what Arm's kernels prefer)."""
-    exported = edgecnn_in_process("export", digits_checkpoint, "--int8", "--format", "onnx", "--target", "arm",
-                                  "--out", tmp_path)
+    exported = edgecnn_in_process("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--format", "onnx",
+                                  "--target", "arm", "--out", tmp_path)
     assert exported.returncode == 0, exported.stderr
     report = tmp_path / "arm.json"
     result = edgecnn("bench", tmp_path / "tinycnn_int8.onnx", "--device", "arm64-emu:cortex-a76", "--dataset",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import assert_clean_error, edgecnn, free_port, record
+from conftest import assert_clean_error, edgecnn, edgecnn_in_process, free_port, record
 from edgecnn.runtime.modelfile import read_model_file
 from test_watch import DIGITS, VIDEOS, _gst_rtsp_available, _start_rtsp, needs_videos
 
@@ -48,7 +48,9 @@ def test_sigkill_during_export_leaves_no_partial_artefact(digits_checkpoint, tmp
     nothing or a whole verified file; a re-run completes."""
     out = tmp_path / "out"
     finals = [out / "tinycnn_int8.tflite", out / "tinycnn_int8.onnx"]
-    args = ("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--eval-samples", "50", "--out", out)
+    # One range method: auto's candidates are tested on export; here they would only lengthen each run.
+    args = ("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--format", "tflite,onnx",
+            "--eval-samples", "50", "--out", out)
     # Each moment lasts seconds (a whole conversion), so the kill lands inside it even on a loaded machine.
     moments = {"building the .tflite": lambda: any(out.glob(".export-*")),
                "building the .onnx": lambda: finals[0].exists()}
@@ -60,7 +62,7 @@ def test_sigkill_during_export_leaves_no_partial_artefact(digits_checkpoint, tmp
         present = _assert_whole_or_absent(finals)
         assert present >= (moment == "building the .onnx"), moment
         record("faults: SIGKILL during export", injected=1, partial_artefacts=0)
-    done = edgecnn(*args)
+    done = edgecnn_in_process(*args)  # the re-run is not under test for signals: no new interpreter
     assert done.returncode == 0, done.stderr
     assert _assert_whole_or_absent(finals) == 2
 
@@ -129,8 +131,8 @@ def test_full_disk_during_export(digits_checkpoint, digits_int8, small_disk):
     (small_disk / "notes.txt").write_text("written before the disk filled up\n")
     before = _snapshot(small_disk)
     _fill(small_disk, leave=64 * 1024)
-    result = edgecnn("export", digits_checkpoint, "--int8", "--format", "tflite,onnx", "--eval-samples", "50",
-                     "--sha256", "--out", small_disk)
+    result = edgecnn("export", digits_checkpoint, "--int8", "--calibration", "minmax", "--format", "tflite,onnx",
+                     "--eval-samples", "50", "--sha256", "--out", small_disk)
     assert_clean_error(result, "No space left on device")
     assert _snapshot(small_disk) == before
     assert not list(small_disk.glob(".export-*")) and not list(small_disk.glob("*.tmp"))
