@@ -54,7 +54,7 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
 
     # What the command line alone can get wrong fails before torch and the converters are imported.
     scheme_for(params["target"])
-    formats, calibration = parse_formats(params["formats"]), parse_calibration(params["calibration"])
+    formats, ranges = parse_formats(params["formats"]), parse_calibration(params["calibration"])
     if checkpoint is not None and (model_name or weights):
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is None and not (model_name and weights):
@@ -66,7 +66,7 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
     from edgecnn.workflows.export import examine_calibration, export_verified, raise_failures
 
     options = options_from(ExportOptions, params, formats=formats, fallback=not params["no_fallback"],
-                           equalize=not params["no_equalize"], calibration=calibration)
+                           equalize=not params["no_equalize"], calibration=ranges)
     if checkpoint is not None:
         source = source_from_checkpoint(checkpoint)
     else:
