@@ -146,6 +146,8 @@ def test_run_skips_nothing_when_an_output_is_gone(tmp_path):
         (["train", "--model", "tinycnn", "--dataset", "digits", "--out", "o", "--img-size", "100000"],
          "--img-size"),
         (["summary", "tinycnn", "--num-classes", "100000000"], "--num-classes"),
+        (["summary", "mobilenet_v9"], "did you mean 'mobilenet_v2'"),
+        (["adopt", "x.onnx", "--out", "o"], "Missing option '--task'. Choose from: classify, detect"),
     ],
 )
 def test_bad_input_gives_one_line(args, fragment, tmp_path):

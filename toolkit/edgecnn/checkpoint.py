@@ -88,10 +88,16 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def existing_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a file; checked before torch is imported, so a wrong path fails at once."""
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = existing_checkpoint(path)
     import torch
 
     try:

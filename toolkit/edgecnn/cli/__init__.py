@@ -45,7 +45,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.UsageError as e:  # one line like every other error, not click's three
         hint = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
-        print(f"edgecnn: error: {printable(e.format_message())}{hint}", file=sys.stderr)
+        # click lays some messages out over lines ("Choose from:\n\tclassify,\n\tdetect"): one line here.
+        print(f"edgecnn: error: {printable(' '.join(e.format_message().split()))}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()

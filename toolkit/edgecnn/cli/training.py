@@ -190,6 +190,10 @@ def _eval_detector(path: Path, ckpt, dataset: str | None, batch_size: int, devic
 def prune(checkpoint: Path, ratio: float, global_pruning: bool, round_to: int, steps: int, finetune_epochs: int,
           lr: float, no_latency: bool, out_dir: Path, json_path: Path | None) -> None:
     """Remove channels (structured pruning), fine-tune, and report MACs, accuracy and int8 latency."""
+    from edgecnn.checkpoint import existing_checkpoint
+
+    existing_checkpoint(checkpoint)
+
     from edgecnn.workflows.prune import prune_checkpoint
 
     report = prune_checkpoint(checkpoint, ratio, out_dir, steps=steps, global_pruning=global_pruning, round_to=round_to,

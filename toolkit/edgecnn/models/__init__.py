@@ -80,10 +80,11 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def check_width(name: str, width: float) -> None:
-    """A width multiplier the registry model `name` can be built with."""
+    """A registry model `name` and a width multiplier it can be built with."""
+    spec = model_spec(name)
     if width <= 0:
         raise EdgeCNNError(f"width must be positive, got {width}")
-    if width != 1.0 and not model_spec(name).has_width:
+    if width != 1.0 and not spec.has_width:
         raise EdgeCNNError(f"model '{name}' has no width option; drop width (torchvision has none for it)")
 
 
