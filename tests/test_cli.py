@@ -3,7 +3,7 @@ import json
 import click
 import pytest
 import yaml
-from conftest import ROOT, assert_clean_error, edgecnn, edgecnn_in_process
+from conftest import ROOT, assert_clean_error, edgecnn, edgecnn_in_process, edgecnn_without
 from edgecnn.checkpoint import load_checkpoint
 from edgecnn.runtime.modelfile import read_model_file
 
@@ -154,6 +154,32 @@ def test_bad_input_gives_one_line(args, fragment, tmp_path):
     result = edgecnn(*args, cwd=tmp_path)
     assert_clean_error(result, fragment)  # click's usage errors too: one line, exit 2
     assert result.returncode == 2
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--model", "mobilenet_v9", "--dataset", "digits"], "did you mean 'mobilenet_v2'"),
+        (["train", "--model", "resnet18", "--dataset", "digits", "--width", "0.5"], "no width"),
+        (["run", "{tmp}/bad.yaml"], "did you mean 'mobilenet_v2'"),
+        (["eval", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["prune", "{tmp}/missing.pt", "--ratio", "0.5"], "checkpoint not found"),
+        (["summary", "mobilenet_v9"], "did you mean 'mobilenet_v2'"),
+        (["summary", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["export", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["export", "{tmp}/missing.pt", "--format", "tflit"], "did you mean 'tflite'"),
+        (["export", "--model", "mobilenet_v9", "--weights", "w.pth"], "did you mean 'mobilenet_v2'"),
+        (["bench", "{tmp}/missing.pt", "--all-formats"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_refused_before_torch_is_imported(args, fragment, tmp_path):
+    """What the command line alone can get wrong is refused without importing torch: at once, and the same on a
+    machine where torch cannot be imported."""
+    (tmp_path / "bad.yaml").write_text("name: bad\nmodel: {name: mobilenet_v9}\ndata: {dataset: digits}\n")
+    out = ["--out", str(tmp_path / "o")] if args[0] in ("train", "prune", "export") else []
+    result = edgecnn_without("torch", *(a.format(tmp=tmp_path) for a in args), *out)
+    assert_clean_error(result, fragment)
     assert not (tmp_path / "o").exists()
 
 

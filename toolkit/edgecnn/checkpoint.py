@@ -88,6 +88,13 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         torch.save(payload, tmp)
 
 
+def is_checkpoint_path(target: str | Path) -> bool:
+    """Whether a MODEL argument names a checkpoint file (else a registry model): a .pt/.pth name or any existing
+    path."""
+    path = Path(target)
+    return path.suffix.lower() in (".pt", ".pth") or path.exists()
+
+
 def existing_checkpoint(path: str | Path) -> Path:
     """`path` if it is a file; checked before torch is imported, so a wrong path fails at once."""
     path = Path(path)

@@ -118,8 +118,10 @@ def complexity(model: nn.Module, img_size: int) -> Complexity:
 
 def summarise(target: str, img_size: int | None, num_classes: int | None, width: float) -> tuple[list[LayerRow], str]:
     """(rows, title) for a registry model name or an edgecnn checkpoint."""
+    from edgecnn.checkpoint import is_checkpoint_path
+
     path = Path(target)
-    if path.suffix.lower() in (".pt", ".pth") or path.exists():
+    if is_checkpoint_path(path):
         from edgecnn.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)

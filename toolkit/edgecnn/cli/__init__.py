@@ -46,7 +46,8 @@ def main() -> None:
     except click.UsageError as e:  # one line like every other error, not click's three
         hint = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
         # click lays some messages out over lines ("Choose from:\n\tclassify,\n\tdetect"): one line here.
-        print(f"edgecnn: error: {printable(' '.join(e.format_message().split()))}{hint}", file=sys.stderr)
+        message = " ".join(line.strip() for line in e.format_message().splitlines())
+        print(f"edgecnn: error: {printable(message)}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()

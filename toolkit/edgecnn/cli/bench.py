@@ -134,7 +134,7 @@ def bench(models: tuple[Path, ...], json_path: Path | None, csv_path: Path | Non
 
 def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list[Path], list]:
     """The checkpoint plus its verified exports (and rows for the exports that failed) for --all-formats."""
-    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.checkpoint import existing_checkpoint, load_checkpoint
     from edgecnn.quantize.calibrate import parse_calibration
 
     if len(models) != 1 or models[0].suffix not in (".pt", ".pth"):
@@ -143,6 +143,7 @@ def _export_all_formats(models: list[Path], options, params: dict) -> tuple[list
         raise EdgeCNNError("--all-formats measures PyTorch and every installed format on this machine (--device cpu); "
                            "bench the exported files on other devices")
     calibration = parse_calibration(params["calibration"])
+    existing_checkpoint(models[0])
 
     from edgecnn.workflows.bench_formats import export_all_formats  # torch and the converters: after the checks
 

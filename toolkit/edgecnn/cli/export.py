@@ -47,7 +47,9 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | None, labels_file: Path | None,
                out_dir: Path, json_path: Path | None, **params) -> None:
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
+    from edgecnn.checkpoint import existing_checkpoint
     from edgecnn.cli.common import options_from
+    from edgecnn.models import check_width
     from edgecnn.quantize.calibrate import parse_calibration
     from edgecnn.quantize.target import scheme_for
     from edgecnn.runtime.formats import parse_formats
@@ -59,6 +61,10 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
         raise EdgeCNNError("give either a checkpoint or --model with --weights, not both")
     if checkpoint is None and not (model_name and weights):
         raise EdgeCNNError("nothing to export: give a checkpoint, or --model NAME --weights FILE.pth")
+    if checkpoint is not None:
+        existing_checkpoint(checkpoint)
+    else:
+        check_width(model_name, params["width"])
 
     from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions

@@ -38,10 +38,15 @@ def summary(model: str, img_size: int | None, num_classes: int | None, width: fl
         rows = file_layers(model, verify=not no_verify)
         title = f"{Path(model).name} (shapes and op types from the file)"
     else:
-        if Path(model).suffix.lower() not in (".pt", ".pth") and not Path(model).exists():
-            from edgecnn.models import check_width
+        from edgecnn.checkpoint import existing_checkpoint, is_checkpoint_path
+        from edgecnn.models import check_width
 
-            check_width(model, width)  # a registry name: checked before torch is imported
+        # Checked before torch is imported: a wrong name or path fails at once.
+        if is_checkpoint_path(model):
+            existing_checkpoint(model)
+        else:
+            check_width(model, width)
+
         from edgecnn.summary import summarise
 
         rows, title = summarise(model, img_size, num_classes, width)
