@@ -118,12 +118,10 @@ def complexity(model: nn.Module, img_size: int) -> Complexity:
 
 def summarise(target: str, img_size: int | None, num_classes: int | None, width: float) -> tuple[list[LayerRow], str]:
     """(rows, title) for a registry model name or an edgecnn checkpoint."""
-    from edgecnn.checkpoint import is_checkpoint_path
+    from edgecnn.checkpoint import is_checkpoint_path, load_checkpoint
 
     path = Path(target)
     if is_checkpoint_path(path):
-        from edgecnn.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path)
         if num_classes is not None and num_classes != ckpt.num_classes:
             from edgecnn.models import model_spec
