@@ -170,6 +170,11 @@ def test_bad_input_gives_one_line(args, fragment, tmp_path):
         (["export", "{tmp}/missing.pt"], "checkpoint not found"),
         (["export", "{tmp}/missing.pt", "--format", "tflit"], "did you mean 'tflite'"),
         (["export", "--model", "mobilenet_v9", "--weights", "w.pth"], "did you mean 'mobilenet_v2'"),
+        # A file that exists stands in for the checkpoint: these are refused before it is read.
+        (["export", "{tmp}/bad.yaml", "--adaround"], "add --int8"),
+        (["export", "{tmp}/bad.yaml", "--int8", "--calib-video", "{tmp}/missing.mp4"], "missing.mp4: no such file"),
+        (["export", "{tmp}/bad.yaml", "--int8", "--calib-video", "{tmp}/bad.yaml", "--calib-images", "{tmp}"],
+         "not both"),
         (["bench", "{tmp}/missing.pt", "--all-formats"], "checkpoint not found"),
     ],
 )

@@ -49,12 +49,21 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
     """Export a checkpoint (or --model + --weights) to verified .tflite/.onnx, float or --int8."""
     from edgecnn.checkpoint import existing_checkpoint
     from edgecnn.cli.common import options_from
+    from edgecnn.data import read_labels
+    from edgecnn.export import ExportOptions
+    from edgecnn.export.sources import (
+        check_calibration_sources,
+        export_images,
+        source_from_checkpoint,
+        source_from_weights,
+    )
     from edgecnn.models import check_width
     from edgecnn.quantize.calibrate import parse_calibration
     from edgecnn.quantize.target import scheme_for
     from edgecnn.runtime.formats import parse_formats
+    from edgecnn.workflows.export import examine_calibration, export_verified, raise_failures
 
-    # What the command line alone can get wrong fails before torch and the converters are imported.
+    # What the command line alone can get wrong fails before torch (which loads the model) and the converters.
     scheme_for(params["target"])
     formats, ranges = parse_formats(params["formats"]), parse_calibration(params["calibration"])
     if checkpoint is not None and (model_name or weights):
@@ -65,20 +74,16 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
         existing_checkpoint(checkpoint)
     else:
         check_width(model_name, params["width"])
-
-    from edgecnn.data import read_labels
-    from edgecnn.export import ExportOptions
-    from edgecnn.export.sources import export_images, source_from_checkpoint, source_from_weights
-    from edgecnn.workflows.export import examine_calibration, export_verified, raise_failures
-
     options = options_from(ExportOptions, params, formats=formats, fallback=not params["no_fallback"],
                            equalize=not params["no_equalize"], calibration=ranges)
+    dataset, calib_images, calib_video = params["dataset"], params["calib_images"], params["calib_video"]
+    check_calibration_sources(calib_images, calib_video)
+
     if checkpoint is not None:
         source = source_from_checkpoint(checkpoint)
     else:
         labels = read_labels(labels_file) if labels_file else None
         source = source_from_weights(model_name, weights, labels, params["img_size"], params["width"])
-    dataset, calib_images, calib_video = params["dataset"], params["calib_images"], params["calib_video"]
     calibration, verification = export_images(source, dataset, calib_images, calib_video, params["calib_every"],
                                               params["calib_samples"], params["eval_samples"], options.int8)
     doctor = None

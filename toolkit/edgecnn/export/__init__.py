@@ -16,9 +16,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from rich.console import Console
 
 from edgecnn import __version__
@@ -26,11 +26,15 @@ from edgecnn.atomic import exclusive_folder, install_model
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.fallback import fewest_float_layers
 from edgecnn.export.sources import ExportSource, Images
-from edgecnn.export.verify import FloatReference, Verification, float_reference, interleaved_latency_ms, verify
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_files, model_size
 from edgecnn.runtime.modelfile import embed_card
 from edgecnn.signals import Interrupts, interruptible
+
+if TYPE_CHECKING:  # torch and what needs it load with the export itself, after the command line is checked
+    import torch
+
+    from edgecnn.export.verify import FloatReference, Verification
 
 LOW_AGREEMENT, LOW_SURE_AGREEMENT = 0.90, 0.95  # below these the report warns
 SMALL_VERIFICATION = 100  # fewer images than this make one image worth more than a point
@@ -48,6 +52,10 @@ class ExportOptions:
     calibration: str = "auto"  # activation range method, or auto: the best on the calibration images
     equalize: bool = True  # rescale activation channels before post-training int8 (edgecnn.quantize.equalize)
     adaround: bool = False  # learn the int8 weights' rounding on the calibration images (edgecnn.quantize.adaround)
+
+    def __post_init__(self) -> None:
+        if self.adaround and not self.int8:
+            raise EdgeCNNError("--adaround learns how int8 weights are rounded: add --int8")
 
 
 @dataclass
@@ -186,8 +194,6 @@ def export(
     out_dir = Path(out_dir)
     if options.int8 and (calibration is None or len(calibration) == 0):
         raise EdgeCNNError("--int8 needs calibration images: a dataset (checkpoint or --dataset) or --calib-images DIR")
-    if options.adaround and not options.int8:
-        raise EdgeCNNError("--adaround learns how int8 weights are rounded: add --int8")
     with exclusive_folder(out_dir, "export"), interruptible() as interrupts:
         return _export_all(source, options, out_dir, calibration, verification, console, interrupts)
 
@@ -198,6 +204,10 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         scratch_dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
     except OSError as e:
         raise EdgeCNNError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
+    import torch
+
+    from edgecnn.export.verify import float_reference
+
     calib_tensor = scheme = calib_reference = None
     reference = float_reference(source.model, source.pre, verification, task=source.task)
     if options.int8:
@@ -274,6 +284,8 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
                 calibration: Images | None, verification: Images, reference: FloatReference, console: Console,
                 calib_reference: FloatReference | None) -> Artefact:
     """Build, verify and gate one format into `work`; the caller installs it when its status is ok."""
+    from edgecnn.export.verify import verify
+
     started = time.perf_counter()
 
     def build_with_card(path: Path, float_layers: list[str]) -> None:
@@ -371,6 +383,8 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
 def _fallback(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
               full_int8: Artefact, build_verified, reference: FloatReference, console: Console,
               started: float) -> Artefact:
+    from edgecnn.export.verify import interleaved_latency_ms
+
     budget = options.max_accuracy_drop
     console.print(f"  {fmt}: drop {full_int8.drop:.2f} points > budget {budget}: keeping the noisiest layers "
                   "(lowest SQNR) in float")

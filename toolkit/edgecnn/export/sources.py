@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from edgecnn.data import recorded_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.preprocess import Preprocess, resize_image
+
+if TYPE_CHECKING:
+    from torch import nn
 
 IMAGENET_CLASSES = 1000
 TORCHVISION_CROP = 224 / 256  # torchvision's Resize(256) + CenterCrop(224)
@@ -115,15 +117,29 @@ def folder_images(folder: str | Path, pre: Preprocess) -> Images:
     return Images(np.stack([resize_image(read_image(p), pre) for p in paths]), None, f"images in {folder}")
 
 
+def calibration_video(path: str | Path) -> Path:
+    """`path` if it is a file: checked before the model loads, so a wrong path fails at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCNNError(f"--calib-video {path}: no such file")
+    return path
+
+
+def check_calibration_sources(calib_images, calib_video) -> None:
+    """What the command line alone can get wrong about where calibration images come from."""
+    if calib_images and calib_video:
+        raise EdgeCNNError("give --calib-images or --calib-video, not both")
+    if calib_video:
+        calibration_video(calib_video)
+
+
 def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> Images:
     """Every `every`-th frame of a video (up to `limit`), resized for the model: a camera's own footage."""
     import cv2
 
     from edgecnn.runtime.capture import opencv_path
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeCNNError(f"--calib-video {path}: no such file")
+    path = calibration_video(path)
     capture = cv2.VideoCapture(opencv_path(path, "--calib-video"))
     frames, index = [], 0
     try:
@@ -166,8 +182,7 @@ def export_images(source: ExportSource, dataset: str | None, calib_images, calib
     """(calibration, verification) for an export: the dataset's held-out split verifies when there is one (the
     checkpoint's, or --dataset), calibrating on its training split, a folder or a video; without one, a folder or a
     video is split in two."""
-    if calib_images and calib_video:
-        raise EdgeCNNError("give --calib-images or --calib-video, not both")
+    check_calibration_sources(calib_images, calib_video)
     if source.task == "detect":
         return _detector_images(source, dataset, calib_images, calib_video, calib_every, calib_samples,
                                 eval_samples)
