@@ -1,6 +1,7 @@
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -93,6 +94,58 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
         assert card == {k: v for k, v in adaround.items() if k != "seconds"}  # same export, same file
     info = edgecnn_in_process("info", tmp_path / "tinycnn_int8.tflite")
     assert f"rounding learned for {adaround['learned']} of 5 layers" in info.stdout
+    # The files hold the learned steps: the same export's rounded model, rebuilt here (AdaRound is seeded), has
+    # exactly the weights the files dequantize to. A converter that derived other scales, or any change to the
+    # weights after the rounding, would round them again. An .onnx for x86 without VNNI has 7-bit weights
+    # (reduce_range): rounded again by design, and the report says so.
+    rounded = _adarounded_model(digits_checkpoint)
+    for a in report["artifacts"]:
+        if a["scheme"].get("reduce_range"):
+            assert any("rounded again" in w for w in a["warnings"]), a["warnings"]
+            continue
+        path = tmp_path / Path(a["path"]).name
+        in_file = int8_weights(path)
+        for name, layer in rounded.named_modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                weight = layer.weight.detach().numpy()
+                weight = weight.transpose(0, 2, 3, 1) if path.suffix == ".tflite" and weight.ndim == 4 else weight
+                assert any(w.shape == weight.shape and np.allclose(w, weight, rtol=0, atol=1e-6)
+                           for w in in_file), f"{path.name}: {name}"
+
+
+def _adarounded_model(checkpoint) -> torch.nn.Module:
+    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes: equalized, then AdaRound on the same 200
+    calibration images."""
+    from edgecnn.export.sources import export_images, source_from_checkpoint
+    from edgecnn.loader import normalise_batch
+    from edgecnn.quantize.adaround import adaround
+    from edgecnn.quantize.equalize import equalize
+
+    source = source_from_checkpoint(checkpoint)
+    calibration, _ = export_images(source, None, None, None, 10, 200, None, True)
+    images = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
+    return adaround(equalize(source.model, images)[0], images)[0]
+
+
+def int8_weights(path) -> list[np.ndarray]:
+    """Every per-channel int8 weight tensor of a .tflite (O×H×W×I) or .onnx (O×I×H×W) file, dequantized."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path)).graph
+        constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        pairs = [(constants[n.input[0]], constants[n.input[1]]) for n in graph.node if n.op_type == "DequantizeLinear"
+                 and constants.get(n.input[0], np.zeros(0)).dtype == np.int8 and n.input[1] in constants]
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        pairs = [(interpreter.get_tensor(t["index"]), t["quantization_parameters"]["scales"])
+                 for t in interpreter.get_tensor_details() if t["dtype"] == np.int8
+                 and t["quantization_parameters"]["scales"].size > 1]
+    return [codes.astype(np.float32) * scales.reshape(-1, *[1] * (codes.ndim - 1)) for codes, scales in pairs
+            if np.size(scales) > 1]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
