@@ -523,7 +523,6 @@ def test_adaround_puts_weights_on_the_grid_the_converters_compute():
     to it: the learned steps survive only if the weights already sit on that grid with the same largest weight."""
     import onnx
     from edgecnn.quantize.adaround import adaround
-    from edgecnn.quantize.pt2e import quantizer as pt2e_quantizer
     from onnxruntime.quantization.quant_utils import quantize_data
 
     model = _InvertedResidual().eval()
@@ -538,14 +537,10 @@ def test_adaround_puts_weights_on_the_grid_the_converters_compute():
     assert report["error_vs_nearest"]["median"] < 1.0 and report["error_vs_nearest"]["worst"] <= 1.0, report
     assert report["weights_rounded_the_other_way"] > 0.01, report
     layers = [m for m in rounded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    checked_exactly, spec = 0, pt2e_quantizer().global_config.weight  # what litert-torch rounds weights with
+    checked_exactly = 0
     for layer in layers:
         weight = layer.weight.detach()
-        pt2e = spec.observer_or_fake_quant_ctr(dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max,
-                                               qscheme=spec.qscheme, ch_axis=spec.ch_axis)
-        pt2e(weight)
-        scale = pt2e.calculate_qparams()[0].reshape(-1, *[1] * (weight.dim() - 1))
-        torch.testing.assert_close(torch.round(weight / scale).clamp(-127, 127) * scale, weight, rtol=0, atol=1e-7)
+        assert_on_pt2e_grid(weight)
         for row in weight.reshape(len(weight), -1).numpy():
             zero, row_scale, codes = quantize_data(row, onnx.TensorProto.INT8, symmetric=True)
             # onnxruntime has no least step: below PT2E's (2^-12) it rounds again, within half its own step.
@@ -558,6 +553,43 @@ def test_adaround_puts_weights_on_the_grid_the_converters_compute():
         reference = model(calibration)
         error = float(((rounded(calibration) - reference) ** 2).mean() / (reference**2).mean())
     assert error < 1e-3, error
+
+
+def assert_on_pt2e_grid(weight: torch.Tensor) -> None:
+    """The weight is unchanged by the per-channel int8 rounding litert-torch applies (its PT2E weight observer)."""
+    from edgecnn.quantize.pt2e import quantizer
+
+    spec = quantizer().global_config.weight
+    observer = spec.observer_or_fake_quant_ctr(dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max,
+                                               qscheme=spec.qscheme, ch_axis=spec.ch_axis)
+    observer(weight)
+    scale = observer.calculate_qparams()[0].reshape(-1, *[1] * (weight.dim() - 1))
+    torch.testing.assert_close(torch.round(weight / scale).clamp(-127, 127) * scale, weight, rtol=0, atol=1e-7)
+
+
+def test_adaround_rounds_a_detector(monkeypatch):
+    """An SSDLite detector (two heads, ~90 convolutions, BatchNorm everywhere) folds and rounds like a classifier:
+    every layer on the int8 grid, both outputs (boxes, class scores) within int8 weight error of the original,
+    and still the detector the export's card reads. Few steps per layer: this checks the machinery, not the
+    learning (test_adaround_puts_weights_on_the_grid_the_converters_compute does)."""
+    import edgecnn.quantize.adaround as learned_rounding
+    from edgecnn.models.ssdlite import build_detector
+
+    monkeypatch.setattr(learned_rounding, "ITERATIONS", 20)
+    torch.manual_seed(0)
+    model = build_detector("ssdlite_mobilenet_v2", 1)[0].eval()
+    calibration = torch.nn.functional.interpolate(torch.randn(8, 3, 8, 8), size=96, mode="bilinear")
+    rounded, report = learned_rounding.adaround(model, calibration)
+    layers = [m for m in rounded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert report["layers"] == len(layers) > 80 and report["iterations"] == 20, report
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rounded.modules())
+    for layer in layers:
+        assert_on_pt2e_grid(layer.weight.detach())
+    assert type(rounded) is type(model) and rounded.card_section("boxes", "scores")["background"]
+    with torch.no_grad():
+        for before, after in zip(model(calibration), rounded(calibration), strict=True):
+            assert after.shape == before.shape
+            assert float(((after - before) ** 2).mean() / (before**2).mean()) < 1e-2
 
 
 def test_adaround_refuses_what_it_cannot_fold():
