@@ -90,6 +90,38 @@ def test_box_decoding_matches_torchvision():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_box_agreement_with_an_empty_reference():
+    """Box agreement is mAP@0.5 against the reference model's shown boxes; where it shows none, an artefact that
+    shows none either agrees fully and one that shows boxes not at all (mAP alone would give 0 to both)."""
+    from edgecnn.detection.metrics import Boxes, box_agreement, shown_boxes
+
+    person = Boxes(np.array([[10.0, 10.0, 50.0, 90.0]]), np.array([0]), np.array([0.9]))
+    faint = Boxes(person.boxes, person.labels, np.array([0.2]))  # below the card's 0.5: a camera shows nothing
+    empty = Boxes(np.zeros((0, 4)), np.zeros(0, int), np.zeros(0))
+    assert shown_boxes([person, faint, empty], 0.5) == 1
+    assert box_agreement([faint, empty], [empty, faint], 1, 0.5) == 1.0
+    assert box_agreement([faint, empty], [empty, person], 1, 0.5) == 0.0
+    assert box_agreement([person, empty], [person, empty], 1, 0.5) == pytest.approx(1.0)
+    assert box_agreement([person, empty], [empty, empty], 1, 0.5) == 0.0
+
+
+def test_export_report_says_when_the_float_model_shows_no_box():
+    from edgecnn.export import Artefact, ExportOptions, warnings
+
+    said = {}
+    for agreement in (1.0, 0.0):
+        artefact = Artefact("x.tflite", "tflite", True, agreement=agreement, box_agreement=agreement, float_boxes=0,
+                            map50=0.0, float_map50=0.0)
+        said[agreement] = warnings(artefact, ExportOptions(int8=True), 200)
+    assert said[1.0] == ["the float model shows no box on the 200 verification images (score ≥ the card's threshold), "
+                         "nor does this file: box agreement cannot judge it; verify on images with objects, or train "
+                         "longer"]
+    assert "but this file does: int8 lifted scores over the threshold" in said[0.0][0] and len(said[0.0]) == 1
+    shown = Artefact("x.tflite", "tflite", True, agreement=0.5, box_agreement=0.5, float_boxes=3, map50=0.5,
+                     float_map50=0.6)
+    assert warnings(shown, ExportOptions(int8=True), 200)[0].startswith("int8 finds the float model's boxes with mAP")
+
+
 def test_letterboxed_frames_map_back_to_frame_pixels(teacher, tmp_path):
     """A letterboxing detector on a frame finds what a stretching one finds on the same frame padded by hand,
     shifted by the padding: the mapping back to frame pixels undoes the bars."""

@@ -68,8 +68,17 @@ def detection_map(truth: list[Boxes], predicted: list[Boxes], classes: int) -> d
             "map": round(float(max(evaluation.stats[0], 0.0)), 4), **summary}
 
 
+def shown_boxes(boxes: list[Boxes], min_score: float) -> int:
+    """How many boxes a camera would show at `min_score`, over all images."""
+    return sum(len(b.above(min_score).boxes) for b in boxes)
+
+
 def box_agreement(reference: list[Boxes], predicted: list[Boxes], classes: int, min_score: float) -> float:
-    """mAP@0.5 of `predicted` with the reference model's boxes above `min_score` as the truth."""
+    """mAP@0.5 of `predicted` with the reference model's boxes above `min_score` as the truth. Where the reference
+    shows no box at all, mAP has no truth to score: 1.0 when `predicted` shows none either at `min_score` (both
+    show an empty scene), else 0.0."""
+    if shown_boxes(reference, min_score) == 0:
+        return float(shown_boxes(predicted, min_score) == 0)
     return detection_map([r.above(min_score) for r in reference], predicted, classes)["map50"]
 
 

@@ -89,6 +89,7 @@ class Artefact:
     map50: float | None = None
     float_map50: float | None = None
     box_agreement: float | None = None
+    float_boxes: int | None = None  # boxes the float model shows (score ≥ the card's threshold) on those images
 
     @property
     def drop(self) -> float:
@@ -158,7 +159,12 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
     finer than one image."""
     found = []
     one_image = 100.0 / max(samples, 1)
-    if artefact.box_agreement is not None:
+    if artefact.float_boxes == 0:  # box agreement is then 1 (this file shows none either) or 0
+        found.append(f"the float model shows no box on the {samples} verification images (score ≥ the card's "
+                     "threshold), " + ("nor does this file: box agreement cannot judge it" if artefact.agreement
+                                       else "but this file does: int8 lifted scores over the threshold")
+                     + "; verify on images with objects, or train longer")
+    elif artefact.box_agreement is not None:
         if artefact.box_agreement < LOW_AGREEMENT:
             found.append(f"int8 finds the float model's boxes with mAP@0.5 {artefact.box_agreement:.3f} only "
                          f"(< {LOW_AGREEMENT}): look at the worst layers and the calibration images")
@@ -368,6 +374,7 @@ def _artefact(final: Path, fmt: str, options: ExportOptions, checked: Verificati
     detector = reference.task == "detect"
     return Artefact(
         map50=checked.map50, float_map50=reference.map50, box_agreement=checked.agreement if detector else None,
+        float_boxes=checked.float_boxes,
         path=str(final), format=fmt, int8=options.int8, size_bytes=model_size(ops.path),
         float_ops=checked.float_ops, accuracy=checked.accuracy, float_accuracy=reference.accuracy,
         agreement=checked.agreement, confident_agreement=checked.confident_agreement,

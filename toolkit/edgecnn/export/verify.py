@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.detection.metrics import Boxes, box_agreement, decode_boxes, detection_map
+from edgecnn.detection.metrics import Boxes, box_agreement, decode_boxes, detection_map, shown_boxes
 from edgecnn.export.sources import Images
 from edgecnn.preprocess import Preprocess
 from edgecnn.runtime import Detector, load
@@ -94,6 +94,7 @@ class Verification:
     confident_agreement: float | None
     confident_samples: int
     map50: float | None = None  # a detector's mAP@0.5 against the ground truth
+    float_boxes: int | None = None  # a detector's: boxes the float model shows (score ≥ the card's threshold)
     # Signal-to-noise ratio (dB) of the logits against the float model's: steadier than agreement on few images.
     logit_sqnr_db: float | None = None
 
@@ -161,7 +162,8 @@ def _verify_detector(path: Path, model_file: ModelFile, outputs: list[np.ndarray
     agreement = box_agreement(reference.boxes, found, classes, detector.min_score)
     map50 = detection_map(images.boxes, found, classes)["map50"]
     max_error = float(np.abs(class_logits(outputs) - reference.logits).max())
-    return Verification(model_file, None, agreement, max_error, len(images), None, 0, map50)
+    return Verification(model_file, None, agreement, max_error, len(images), None, 0, map50,
+                        float_boxes=shown_boxes(reference.boxes, detector.min_score))
 
 
 def interleaved_latency_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str, float]:
