@@ -173,6 +173,7 @@ def test_bad_input_gives_one_line(args, fragment, tmp_path):
         # A file that exists stands in for the checkpoint: these are refused before it is read.
         (["export", "{tmp}/bad.yaml", "--adaround"], "add --int8"),
         (["export", "{tmp}/bad.yaml", "--int8", "--calib-video", "{tmp}/missing.mp4"], "missing.mp4: no such file"),
+        (["export", "{tmp}/bad.yaml", "--int8", "--calib-video", "{tmp}/bad.yaml"], "no frame could be read"),
         (["export", "{tmp}/bad.yaml", "--int8", "--calib-video", "{tmp}/bad.yaml", "--calib-images", "{tmp}"],
          "not both"),
         (["bench", "{tmp}/missing.pt", "--all-formats"], "checkpoint not found"),

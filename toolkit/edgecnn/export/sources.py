@@ -3,6 +3,8 @@ and the images it calibrates and verifies on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,11 +119,32 @@ def folder_images(folder: str | Path, pre: Preprocess) -> Images:
     return Images(np.stack([resize_image(read_image(p), pre) for p in paths]), None, f"images in {folder}")
 
 
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The video's frames (BGR) as OpenCV decodes them, until it stops."""
+    import cv2
+
+    from edgecnn.runtime.capture import opencv_path
+
+    capture = cv2.VideoCapture(opencv_path(path, "--calib-video"))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
 def calibration_video(path: str | Path) -> Path:
-    """`path` if it is a file: checked before the model loads, so a wrong path fails at once."""
+    """`path` if it is a video OpenCV can decode a frame of: checked before the model loads, so a wrong file fails
+    at once."""
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"--calib-video {path}: no such file")
+    with closing(_video_frames(path)) as frames:
+        if next(frames, None) is None:
+            raise EdgeCNNError(f"--calib-video {path}: no frame could be read (not a video OpenCV can decode?)")
     return path
 
 
@@ -135,25 +158,14 @@ def check_calibration_sources(calib_images, calib_video) -> None:
 
 def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> Images:
     """Every `every`-th frame of a video (up to `limit`), resized for the model: a camera's own footage."""
-    import cv2
-
-    from edgecnn.runtime.capture import opencv_path
-
     path = calibration_video(path)
-    capture = cv2.VideoCapture(opencv_path(path, "--calib-video"))
-    frames, index = [], 0
-    try:
-        while len(frames) < limit:
-            ok, frame = capture.read()
-            if not ok:
-                break
+    frames = []
+    with closing(_video_frames(path)) as decoded:
+        for index, frame in enumerate(decoded):
             if index % every == 0:
                 frames.append(resize_image(frame, pre, color="BGR"))
-            index += 1
-    finally:
-        capture.release()
-    if not frames:
-        raise EdgeCNNError(f"--calib-video {path}: no frame could be read (not a video OpenCV can decode?)")
+                if len(frames) == limit:
+                    break
     return Images(np.stack(frames), None, f"1 in {every} frames of {path.name}")
 
 
