@@ -114,17 +114,16 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
 
 
 def _adarounded_model(checkpoint) -> torch.nn.Module:
-    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes: equalized, then AdaRound on the same 200
-    calibration images."""
+    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes, through the export's own steps: equalized,
+    then AdaRound on the same 200 calibration images."""
+    from edgecnn.export import _adarounded, _equalized
     from edgecnn.export.sources import export_images, source_from_checkpoint
     from edgecnn.loader import normalise_batch
-    from edgecnn.quantize.adaround import adaround
-    from edgecnn.quantize.equalize import equalize
 
     source = source_from_checkpoint(checkpoint)
     calibration, _ = export_images(source, None, None, None, 10, 200, None, True)
     images = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
-    return adaround(equalize(source.model, images)[0], images)[0]
+    return _adarounded(_equalized(source, images), images, Console(file=io.StringIO())).model
 
 
 def int8_weights(path) -> list[np.ndarray]:
@@ -136,7 +135,7 @@ def int8_weights(path) -> list[np.ndarray]:
         graph = onnx.load(str(path)).graph
         constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         pairs = [(constants[n.input[0]], constants[n.input[1]]) for n in graph.node if n.op_type == "DequantizeLinear"
-                 and constants.get(n.input[0], np.zeros(0)).dtype == np.int8 and n.input[1] in constants]
+                 and constants.get(n.input[0], np.zeros(0)).dtype == np.int8 and np.size(constants.get(n.input[1])) > 1]
     else:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -144,8 +143,7 @@ def int8_weights(path) -> list[np.ndarray]:
         pairs = [(interpreter.get_tensor(t["index"]), t["quantization_parameters"]["scales"])
                  for t in interpreter.get_tensor_details() if t["dtype"] == np.int8
                  and t["quantization_parameters"]["scales"].size > 1]
-    return [codes.astype(np.float32) * scales.reshape(-1, *[1] * (codes.ndim - 1)) for codes, scales in pairs
-            if np.size(scales) > 1]
+    return [codes.astype(np.float32) * scales.reshape(-1, *[1] * (codes.ndim - 1)) for codes, scales in pairs]
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -52,6 +52,7 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
     from edgecnn.data import read_labels
     from edgecnn.export import ExportOptions
     from edgecnn.export.sources import (
+        calibration_video,
         check_calibration_sources,
         export_images,
         source_from_checkpoint,
@@ -78,6 +79,8 @@ def export_cmd(checkpoint: Path | None, model_name: str | None, weights: str | N
                            equalize=not params["no_equalize"], calibration=ranges)
     dataset, calib_images, calib_video = params["dataset"], params["calib_images"], params["calib_video"]
     check_calibration_sources(calib_images, calib_video)
+    if calib_video:
+        calibration_video(calib_video)
 
     if checkpoint is not None:
         source = source_from_checkpoint(checkpoint)

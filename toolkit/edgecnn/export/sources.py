@@ -136,29 +136,35 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
         capture.release()
 
 
-def calibration_video(path: str | Path) -> Path:
-    """`path` if it is a video OpenCV can decode a frame of: checked before the model loads, so a wrong file fails
-    at once."""
+def _video_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise EdgeCNNError(f"--calib-video {path}: no such file")
-    with closing(_video_frames(path)) as frames:
-        if next(frames, None) is None:
-            raise EdgeCNNError(f"--calib-video {path}: no frame could be read (not a video OpenCV can decode?)")
     return path
 
 
+def _undecodable(path: Path) -> EdgeCNNError:
+    return EdgeCNNError(f"--calib-video {path}: no frame could be read (not a video OpenCV can decode?)")
+
+
+def calibration_video(path: str | Path) -> None:
+    """Refuse a --calib-video that is missing or has no frame OpenCV can decode: checked before the model loads,
+    so a wrong file fails at once."""
+    path = _video_file(path)
+    with closing(_video_frames(path)) as frames:
+        if next(frames, None) is None:
+            raise _undecodable(path)
+
+
 def check_calibration_sources(calib_images, calib_video) -> None:
-    """What the command line alone can get wrong about where calibration images come from."""
+    """Calibration images from one place: a folder or a video, not both."""
     if calib_images and calib_video:
         raise EdgeCNNError("give --calib-images or --calib-video, not both")
-    if calib_video:
-        calibration_video(calib_video)
 
 
 def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> Images:
     """Every `every`-th frame of a video (up to `limit`), resized for the model: a camera's own footage."""
-    path = calibration_video(path)
+    path = _video_file(path)
     frames = []
     with closing(_video_frames(path)) as decoded:
         for index, frame in enumerate(decoded):
@@ -166,6 +172,8 @@ def video_frames(path: str | Path, every: int, pre: Preprocess, limit: int) -> I
                 frames.append(resize_image(frame, pre, color="BGR"))
                 if len(frames) == limit:
                     break
+    if not frames:
+        raise _undecodable(path)
     return Images(np.stack(frames), None, f"1 in {every} frames of {path.name}")
 
 
