@@ -109,6 +109,46 @@ def test_layer_errors_name_every_quantized_layer_by_module_path():
 
 
 
+class EveryAnnotatedPattern(torch.nn.Module):
+    """What litert-torch's annotators find by each op's source: chained residual sums (+ and +=), a ReLU module
+    called twice, a product, a concatenation and functional pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(4))
+        self.stem, self.relu = torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        x = x + self.convs[0](x)
+        x = x + self.convs[1](x)
+        y = self.convs[2](x)
+        y += x
+        y = self.relu(y) * torch.sigmoid(self.convs[3](x))
+        y = torch.nn.functional.max_pool2d(torch.cat([x, y], 1), 2)
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_the_fast_export_is_quantized_as_strict_export_would_be():
+    from edgecnn.quantize import pt2e
+    from edgecnn.quantize.graph_capture import export_graph
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    pt2e.litert_torch()
+    model, example = pt2e.channels_last(EveryAnnotatedPattern()), torch.randn(2, 16, 16, 3)
+    strict = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},),
+                                 strict=True).module()
+    prepared = [prepare_pt2e(graph, pt2e.quantizer()) for graph in (strict, export_graph(model, example))]
+    # The same observers in the same places: the same lines of code (strict export reads the weights in another
+    # order).
+    assert sorted(prepared[0].code.splitlines()) == sorted(prepared[1].code.splitlines())
+    # Every sum reads observed (quantized) inputs, also the one that follows another sum.
+    sums = [n for n in prepared[1].graph.nodes if n.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)]
+    assert len(sums) == 3
+    assert all(arg.op == "call_module" for node in sums for arg in node.args)
+
+
 def test_a_tensor_of_almost_one_value_is_histogrammed():
     """A range narrower than float32 can split into 2048 bins (a nearly dead channel) is one value, not an error."""
     values = np.full(1000, 0.3, np.float32) + np.float32(1e-8) * np.arange(1000, dtype=np.float32) / 1000

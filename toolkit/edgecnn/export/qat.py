@@ -22,6 +22,7 @@ from edgecnn.errors import EdgeCNNError, shorten
 from edgecnn.export.sources import ExportSource
 from edgecnn.loader import make_loader, normalise_batch, set_epoch
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.graph_capture import export_graph
 from edgecnn.quantize.pt2e import channels_last, litert_torch, quantizer
 from edgecnn.recipe import Recipe
 from edgecnn.train import learning_rate
@@ -84,11 +85,9 @@ def quantization_aware_training(source: ExportSource, recipe: Recipe, console: C
     q, size = recipe.quantize, source.pre.img_size
     torch.manual_seed(recipe.seed)
     folded = fold_batchnorm(source.model)
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    graph = export_graph(channels_last(folded), torch.zeros(2, size, size, 3), max_batch=4096)
     with quiet_native_output():
-        program = torch.export.export(channels_last(folded), (torch.zeros(2, size, size, 3),),
-                                      dynamic_shapes={"x": {0: batch}}, strict=True)
-        prepared = prepare_qat_pt2e(program.module(), quantizer([], qat=True))
+        prepared = prepare_qat_pt2e(graph, quantizer([], qat=True))
 
     dataset = load_dataset(recipe.data.dataset)
     train_loader = make_loader(dataset.train, source.pre, recipe.data.batch_size, train=True,

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.errors import EdgeCNNError
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.graph_capture import export_graph
 from edgecnn.quantize.ranges import Histogram, activation_ranges
 
 
@@ -246,16 +247,6 @@ def feed(graph: torch.fx.GraphModule, samples: torch.Tensor) -> None:
     with torch.no_grad():
         for batch in _batches(samples):
             graph(batch)
-
-
-def export_graph(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """torch.export (strict: the default non-strict export leaves residual adds in float), any batch size."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with quiet_native_output():  # torch.export logs deprecation notices through glog
-        try:
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=True).module()
-        except Exception as e:
-            raise EdgeCNNError(f"torch.export (strict) cannot export the model: {first_line(e)}") from None
 
 
 def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
