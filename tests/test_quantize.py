@@ -595,6 +595,29 @@ def test_adaround_puts_weights_on_the_grid_the_converters_compute():
     assert error < 1e-3, error
 
 
+def test_adaround_on_onnxruntimes_7_bit_grid():
+    """For an .onnx built for x86 without VNNI, onnxruntime quantizes weights to ±64 steps (reduce_range): AdaRound
+    learns on that grid, and onnxruntime's own quantizer keeps every learned step."""
+    import onnx
+    from edgecnn.quantize.adaround import INT8_REDUCED_RANGE, adaround
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    model = _InvertedResidual().eval()
+    calibration = torch.nn.functional.interpolate(torch.randn(24, 3, 4, 4), size=16, mode="bilinear")
+    rounded, report = adaround(model, calibration, grid=INT8_REDUCED_RANGE)
+    assert report["weight_grid"] == "7-bit (reduce_range)" and report["learned"] >= 3, report
+    assert report["weights_rounded_the_other_way"] > 0.01, report
+    for layer in [m for m in rounded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]:
+        for row in layer.weight.detach().reshape(len(layer.weight), -1).numpy():
+            zero, row_scale, codes = quantize_data(row, onnx.TensorProto.INT8, symmetric=True, reduce_range=True)
+            assert np.abs(codes.astype(int)).max() == 64
+            np.testing.assert_allclose((codes.astype(np.float32) - zero) * row_scale, row, rtol=0, atol=1e-7)
+    with torch.no_grad():  # still the same model, to within 7-bit weights
+        reference = model(calibration)
+        error = float(((rounded(calibration) - reference) ** 2).mean() / (reference**2).mean())
+    assert error < 4e-3, error
+
+
 def assert_on_pt2e_grid(weight: torch.Tensor) -> None:
     """The weight is unchanged by the per-channel int8 rounding litert-torch applies (its PT2E weight observer)."""
     from edgecnn.quantize.pt2e import quantizer

@@ -37,7 +37,8 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
               help="Quantize the channels as trained (default: rescale them so one int8 range fits all).")
 @click.option("--adaround", is_flag=True,
               help="Learn how each int8 weight is rounded (AdaRound) on the calibration images: slower (~80 s for "
-                   "a MobileNetV2 on 2 cores), less weight error.")
+                   "a MobileNetV2 on 2 cores, twice that when a 7-bit .onnx for x86-avx2 is exported beside a "
+                   ".tflite), less weight error.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Fail above this top-1 drop (points).")
 @click.option("--no-fallback", is_flag=True, help="Do not keep sensitive layers in float to meet the budget.")
 @click.option("--allow-float-ops", is_flag=True, help="Accept an int8 model with float compute ops left.")

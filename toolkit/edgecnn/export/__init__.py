@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch and what needs it load with the export itself, after 
     import torch
 
     from edgecnn.export.verify import FloatReference, Verification
+    from edgecnn.quantize.adaround import WeightGrid
 
 LOW_AGREEMENT, LOW_SURE_AGREEMENT = 0.90, 0.95  # below these the report warns
 SMALL_VERIFICATION = 100  # fewer images than this make one image worth more than a point
@@ -172,9 +173,6 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
         found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
                      f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images"
                      + ("" if options.adaround else ", or learn the weights' rounding (--adaround)"))
-    if options.adaround and (artefact.scheme or {}).get("reduce_range"):
-        found.append("--adaround learned 8-bit weight steps, and this file's weights are 7-bit (reduce_range, for x86 "
-                     "without VNNI): they are rounded again")
     if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
         found.append(f"on the images the float model is sure of, only {artefact.confident_agreement:.1%} agree "
                      f"(< {LOW_SURE_AGREEMENT:.0%})")
@@ -225,12 +223,11 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
         if options.equalize and source.qat is None:
             source = _equalized(source, calib_tensor)
-        if options.adaround:
-            source = _adarounded(source, calib_tensor, console)
     if source.macs is None:
         from edgecnn.summary import complexity
 
         source.macs = complexity(source.model, source.pre.img_size).macs
+    rounded: dict = {}  # weight grid → the source with its weights' rounding learned on that grid (--adaround)
     stem = source.name + ("_int8" if options.int8 else "")
     artefacts = []
     verified: list[tuple[Artefact, Path]] = []  # (artefact, its verified scratch file), installed at the end
@@ -240,7 +237,13 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             final = out_dir / f"{stem}{FORMATS[fmt].suffix}"
             work = Path(scratch) / f"{final.stem}.work{final.suffix}"
             console.print(f"exporting {final} ...")
-            builder = format_builder(fmt, source, calib_tensor, scheme, Path(scratch))
+            fmt_source = source
+            if options.adaround:
+                grid = FORMATS[fmt].exporter.Builder.weight_grid(scheme)
+                if grid not in rounded:
+                    rounded[grid] = _adarounded(source, calib_tensor, grid, console)
+                fmt_source = rounded[grid]
+            builder = format_builder(fmt, fmt_source, calib_tensor, scheme, Path(scratch))
             try:
                 artefact = _export_one(builder, fmt, options, Path(scratch), work, final, calibration,
                                        verification, reference, console, calib_reference)
@@ -273,13 +276,13 @@ def _equalized(source: ExportSource, calibration: torch.Tensor) -> ExportSource:
     return dataclasses.replace(source, model=model, equalization=report)
 
 
-def _adarounded(source: ExportSource, calibration: torch.Tensor, console: Console) -> ExportSource:
-    """The source with BatchNorm folded and its weights' int8 rounding learned (the float reference keeps the
+def _adarounded(source: ExportSource, calibration: torch.Tensor, grid: WeightGrid, console: Console) -> ExportSource:
+    """The source with BatchNorm folded and its weights' rounding to `grid` learned (the float reference keeps the
     original)."""
     from edgecnn.quantize.adaround import adaround
 
-    console.print(f"  learning the int8 weights' rounding (AdaRound) on {len(calibration)} calibration images")
-    model, report = adaround(source.model, calibration)
+    console.print(f"  learning the {grid.name} weights' rounding (AdaRound) on {len(calibration)} calibration images")
+    model, report = adaround(source.model, calibration, grid=grid)
     if report["layers"]:
         console.print(f"    {report['learned']} of {report['layers']} layers learned in {report['seconds']} s: output "
                       f"error {report['error_vs_nearest']['median']:.2f}x that of rounding to nearest (median layer)")

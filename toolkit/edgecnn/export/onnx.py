@@ -18,6 +18,7 @@ from torch import nn
 
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.adaround import INT8, INT8_REDUCED_RANGE, WeightGrid
 from edgecnn.quantize.calibrate import Candidate
 from edgecnn.quantize.ranges import Histogram, activation_ranges
 from edgecnn.quantize.target import Scheme
@@ -329,6 +330,11 @@ class Builder:
     """The .onnx side of `edgecnn.export.export`: build with some nodes in float, and report layer errors."""
 
     runtime = "onnxruntime"  # whose int8 kernels the scheme is for
+
+    @staticmethod
+    def weight_grid(scheme: Scheme) -> WeightGrid:
+        """The weight steps onnxruntime computes under `scheme`, which --adaround learns on."""
+        return INT8_REDUCED_RANGE if scheme.reduce_range else INT8
 
     def __init__(self, source, calibration: torch.Tensor | None, scheme: Scheme, scratch: Path):
         self.source, self.calibration, self.scheme, self.scratch = source, calibration, scheme, scratch

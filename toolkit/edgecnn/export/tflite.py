@@ -15,6 +15,7 @@ from torch import nn
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 from edgecnn.quantize import pt2e
+from edgecnn.quantize.adaround import INT8, WeightGrid
 from edgecnn.quantize.calibrate import Candidate
 
 SCHEME = "PT2E static int8: per-channel symmetric int8 weights, int8 activations"
@@ -57,6 +58,11 @@ class Builder:
     layout = "NHWC"  # of the graphs built and of the file's input
     fold_weights = False  # litert-torch quantizes float weights itself
     converts_qat_graph = True  # after QAT the fake-quantized graph itself is converted
+
+    @staticmethod
+    def weight_grid(scheme=None) -> WeightGrid:
+        """The weight steps litert-torch computes (for every CPU), which --adaround learns on."""
+        return INT8
 
     def __init__(self, source, calibration: torch.Tensor | None, scheme=None, scratch: Path | None = None):
         self.source, self.calibration = source, calibration

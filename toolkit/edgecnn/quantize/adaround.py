@@ -11,14 +11,13 @@ there than rounding to nearest keeps nearest, as does a layer with too few input
 one vector per image).
 
 BatchNorm is folded into the convolutions first: the rounding must be learned on the weights that get quantized.
-The result is a model whose conv/linear weights already sit on the per-channel int8 grid the converters compute
-(symmetric, ±127 steps, scale = the channel's largest |weight| / 127), each channel's largest weight kept where it
-is, so every converter derives the same scales and keeps these steps. Biases absorb the mean output shift the
-chosen rounding leaves on the calibration inputs.
+The result is a model whose conv/linear weights already sit on the per-channel grid a converter computes
+(`WeightGrid`: symmetric, ±127 steps for int8, ±64 for onnxruntime's 7-bit `reduce_range`; scale = the channel's
+largest |weight| / steps), each channel's largest weight kept where it is, so the converter derives the same scales
+and keeps these steps. Biases absorb the mean output shift the chosen rounding leaves on the calibration inputs.
 
-Limits: a channel whose weights are all below 0.031 has PT2E's least step (2^-12), which onnxruntime does not
-have: it steps such a channel more finely and rounds it again. An .onnx built for x86 without VNNI quantizes its
-weights to 7 bits (reduce_range) and rounds every weight again.
+Limit: on the int8 grid a channel whose weights are all below 0.031 has PT2E's least step (2^-12), which
+onnxruntime does not have: it steps such a channel more finely and rounds it again.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import copy
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +44,27 @@ BATCH = 512  # patches per step
 WARMUP = 0.2  # the first fifth of the steps fits the output alone
 REGULARISER = 0.01
 BETA = (20.0, 2.0)  # the regulariser's exponent, annealed: late steps push every weight to a whole step
-STEPS = 127  # int8 weights: symmetric, -127..127, as PT2E's and onnxruntime's weight quantizers use
-LEAST_SCALE = 2**-12  # litert-torch's weight observer gives no channel a finer step (onnxruntime has no floor)
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 HELD_OUT = 0.2  # of the patches: what decides between learned and nearest
 SAMPLES_PER_INPUT = 2  # fewer patches than this per weight of an output channel: nothing to learn from
+
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """Per-channel symmetric weight steps as a converter computes them: scale = the channel's largest |weight| /
+    `steps`, never below `least_scale`."""
+
+    steps: int
+    least_scale: float
+    name: str
+
+
+# PT2E (litert-torch, ExecuTorch) and onnxruntime's int8 weights: -127..127; litert-torch's weight observer gives no
+# channel a finer step than 2^-12.
+INT8 = WeightGrid(127, 2**-12, "int8")
+# onnxruntime's reduce_range (x86 without VNNI): -64..64, no floor.
+INT8_REDUCED_RANGE = WeightGrid(64, 0.0, "7-bit (reduce_range)")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -121,22 +137,22 @@ def _outputs(patches: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("pgi,goi->pgo", patches, weights)
 
 
-def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Generator) -> dict:
+def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Generator, grid: WeightGrid) -> dict:
     """Put the layer's weights on their int8 grid, each rounded down or up as learned on most of the patches (or to
     nearest where the held-out patches say learning did not pay); return the held-out output errors (mean squared)
     of both roundings and how many weights were rounded away from their nearest step."""
     weight = layer.weight.detach()
     groups = patches.shape[1]
     w = weight.reshape(groups, weight.shape[0] // groups, -1)
-    # The converters' scale: each output channel's largest |weight| over 127, and PT2E's floor.
-    scale = (w.abs().amax(2, keepdim=True) / STEPS).clamp(min=LEAST_SCALE)
-    nearest = torch.round(w / scale).clamp(-STEPS, STEPS)
+    # The converter's scale: each output channel's largest |weight| over its steps, and its floor.
+    scale = (w.abs().amax(2, keepdim=True) / grid.steps).clamp(min=grid.least_scale)
+    nearest = torch.round(w / scale).clamp(-grid.steps, grid.steps)
     patches = patches[torch.randperm(len(patches), generator=generator)]
     held_out = max(1, int(len(patches) * HELD_OUT))
     check, train = patches[:held_out], patches[held_out:]
     learned = nearest
     if len(train) >= SAMPLES_PER_INPUT * w.shape[2]:
-        learned = _learned_steps(w, scale, nearest, train, generator)
+        learned = _learned_steps(w, scale, nearest, train, generator, grid.steps)
     with torch.no_grad():
         target = _outputs(check, w)
         error_nearest = float(((_outputs(check, scale * nearest) - target) ** 2).mean())
@@ -154,9 +170,9 @@ def _learn_rounding(layer: nn.Module, patches: torch.Tensor, generator: torch.Ge
 
 
 def _learned_steps(w: torch.Tensor, scale: torch.Tensor, nearest: torch.Tensor, patches: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """AdaRound's int8 steps for the weights `w` (groups × outputs × inputs) on their grid `scale` (`nearest`: the
-    steps rounding to nearest gives)."""
+                   generator: torch.Generator, steps: int) -> torch.Tensor:
+    """AdaRound's steps (-steps..steps) for the weights `w` (groups × outputs × inputs) on their grid `scale`
+    (`nearest`: the steps rounding to nearest gives)."""
     floor = torch.floor(w / scale)
     rest = w / scale - floor
     # Start where rounding is the float weight's own fraction: h(v) = rest.
@@ -167,7 +183,7 @@ def _learned_steps(w: torch.Tensor, scale: torch.Tensor, nearest: torch.Tensor, 
     for step in range(ITERATIONS):
         pick = torch.randint(0, len(patches), (min(BATCH, len(patches)),), generator=generator)
         up = (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
-        error = ((_outputs(patches[pick], scale * (floor + up).clamp(-STEPS, STEPS)) - target[pick]) ** 2)
+        error = ((_outputs(patches[pick], scale * (floor + up).clamp(-steps, steps)) - target[pick]) ** 2)
         loss = error.sum((1, 2)).mean()
         if step >= warmup:
             beta = BETA[0] + (BETA[1] - BETA[0]) * (step - warmup) / max(ITERATIONS - warmup, 1)
@@ -176,17 +192,18 @@ def _learned_steps(w: torch.Tensor, scale: torch.Tensor, nearest: torch.Tensor, 
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        learned = (floor + (v >= 0).float()).clamp(-STEPS, STEPS).reshape(len(w) * w.shape[1], -1)
-        # Each channel's largest weight stays at ±127: the scale every converter derives from the weights is then
+        learned = (floor + (v >= 0).float()).clamp(-steps, steps).reshape(len(w) * w.shape[1], -1)
+        # Each channel's largest weight stays at ±steps: the scale the converter derives from the weights is then
         # the one learned with.
         rows, top = torch.arange(len(learned)), w.reshape(len(learned), -1).abs().argmax(1)
         learned[rows, top] = nearest.reshape(len(learned), -1)[rows, top]
     return learned.reshape(w.shape)
 
 
-def adaround(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> tuple[nn.Module, dict]:
-    """A copy of `model` (BatchNorm folded) whose conv/linear weights are rounded to int8 steps by AdaRound on the
-    normalised calibration images (N×3×H×W), and what it did."""
+def adaround(model: nn.Module, calibration: torch.Tensor, seed: int = 0,
+             grid: WeightGrid = INT8) -> tuple[nn.Module, dict]:
+    """A copy of `model` (BatchNorm folded) whose conv/linear weights are rounded to the steps of `grid` by
+    AdaRound on the normalised calibration images (N×3×H×W), and what it did."""
     started = time.perf_counter()
     model = fold_batchnorm(model)
     generator = torch.Generator().manual_seed(seed)
@@ -194,11 +211,12 @@ def adaround(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> tupl
     for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
         patches = _input_patches(model, layer, calibration, generator)
         if len(patches):
-            layers.append(_learn_rounding(layer, patches, generator))
+            layers.append(_learn_rounding(layer, patches, generator, grid))
     ratios = sorted(r["learned"] / r["nearest"] if r["nearest"] > 0 else 1.0 for r in layers)
     return model, {
         "layers": len(layers),
         "learned": sum(r["learned"] < r["nearest"] for r in layers),  # the others kept rounding to nearest
+        "weight_grid": grid.name,
         "iterations": ITERATIONS,
         "seconds": round(time.perf_counter() - started, 1),
         # Per layer, on held-out patches: the output error of the rounding kept over that of rounding to nearest.

@@ -99,7 +99,9 @@ def print_model_summary(console: Console, summary: dict) -> None:
             add_row("equalization", _equalization_text(quant["equalization"]))
         if isinstance(quant.get("adaround"), dict):
             adaround = quant["adaround"]
-            add_row("adaround", f"rounding learned for {adaround.get('learned')} of {adaround.get('layers')} layers")
+            grid = f" ({adaround['weight_grid']} weights)" if adaround.get("weight_grid") else ""
+            add_row("adaround", f"rounding learned for {adaround.get('learned')} of {adaround.get('layers')} layers"
+                                f"{grid}")
         add_row("source", f"{src['model']} (width {src['width']}), dataset {src['dataset']}, from {src['from']}, "
                           f"recipe {src['recipe_hash']}")
         add_row("edgecnn", card["edgecnn_version"])
