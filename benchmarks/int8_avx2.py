@@ -1,4 +1,4 @@
-"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py` (~8 min on 2 cores).
+"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py` (~5 min on 2 cores).
 
 Without VNNI, onnxruntime's u8 × s8 kernels add pairs of products in 16 bits (AVX2's vpmaddubsw), which saturates
 with 8-bit weights; edgecnn's `--target x86-avx2` scheme quantizes weights to 7 bits (`reduce_range`) so the sums
