@@ -76,8 +76,11 @@ def test_runtime_runs_in_the_arm64_userland_without_torch(userland, digits_int8)
 def test_int8_models_agree_with_x86_on_emulated_pi4_and_pi5(userland, digits_int8, cpu, tmp_path):
     report = tmp_path / "arm.json"
     formats = ["tflite", "onnx", "openvino"]  # OpenVINO's aarch64 wheel is in the userland; ExecuTorch needs torch
+    # 200 of the 359 held-out digits: emulation costs ~0.05 s a digit for the three files (35.5 s for all 359, 22 s
+    # for 100, on the Pi 4), and ≥ 99 % agreement on 200
+    # still allows two answers to differ from x86's.
     result = edgecnn("bench", *(digits_int8[fmt] for fmt in formats), "--device", f"arm64-emu:{cpu}",
-                     "--dataset", "digits", "--json", report, timeout=900)
+                     "--dataset", "digits", "--eval-samples", "200", "--json", report, timeout=900)
     assert result.returncode == 0, result.stderr + result.stdout
     data = json.loads(report.read_text())
     rows = data["results"]
