@@ -1,5 +1,6 @@
 import io
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -196,8 +197,8 @@ np.save(sys.argv[3], model.logits(np.stack([model.prepare(f, color="RGB") for f 
 """
 
 
-@pytest.mark.skipif(not shutil.which("qemu-x86_64-static"),
-                    reason="qemu-user-static is not installed: no CPU without VNNI to emulate")
+@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("qemu-x86_64-static"),
+                    reason="needs an x86-64 host with qemu-user-static: no CPU without VNNI to emulate")
 def test_the_avx2_scheme_is_exact_on_a_cpu_without_vnni(digits_checkpoint, tmp_path):
     """Without VNNI, onnxruntime's u8 × s8 kernels add pairs of products in 16 bits; `--target x86-avx2` keeps
     weights to 7 bits so the sums fit. Emulated by qemu's Haswell (AVX2, no VNNI), its file computes what it

@@ -63,8 +63,9 @@ class WeightGrid:
 # PT2E (litert-torch, ExecuTorch) and onnxruntime's int8 weights: -127..127; litert-torch's weight observer gives no
 # channel a finer step than 2^-12.
 INT8 = WeightGrid(127, 2**-12, "int8")
-# onnxruntime's reduce_range (x86 without VNNI): -64..64, no floor.
-INT8_REDUCED_RANGE = WeightGrid(64, 0.0, "7-bit (reduce_range)")
+# onnxruntime's reduce_range (x86 without VNNI): -64..64, no floor but float32's least normal number (an all-zero
+# channel stays zero instead of 0/0).
+INT8_REDUCED_RANGE = WeightGrid(64, torch.finfo(torch.float32).tiny, "7-bit (reduce_range)")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -16,6 +16,9 @@ _SOURCES = {torch.ops.aten.add.Tensor: operator.add, torch.ops.aten.add_.Tensor:
             torch.ops.aten.mul.Tensor: operator.mul, torch.ops.aten.mul_.Tensor: operator.imul,
             torch.ops.aten.cat.default: torch.cat, torch.ops.aten.max_pool2d.default: F.max_pool2d,
             torch.ops.aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d}
+# Functional ReLU, which the fused sum + ReLU pattern looks for, by the function non-strict export names
+# (`torch_fn`): `F.relu`, not `torch.relu`, as strict export tells them apart.
+_FUNCTIONS = {"function.relu": F.relu, "function.relu_": F.relu_}
 
 
 def export_graph(model: nn.Module, example: torch.Tensor, max_batch: int = 1024) -> torch.fx.GraphModule:
@@ -45,8 +48,11 @@ def _record_sources(graph: torch.fx.GraphModule) -> None:
         stack = node.meta.get("nn_module_stack") or {"": ("", None)}
         call, (_, kind) = next(reversed(stack.items()))
         module = _torch_nn_class(kind)
+        function = (node.meta.get("torch_fn") or ("", ""))[1]
         if module is not None:
             node.meta["source_fn_stack"] = [(call, module)]
+        elif function in _FUNCTIONS:
+            node.meta["source_fn_stack"] = [(node.name, _FUNCTIONS[function])]
         elif node.target in _SOURCES:
             node.meta["source_fn_stack"] = [(node.name, _SOURCES[node.target])]
 
