@@ -109,8 +109,9 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
     # The files hold the learned steps: the same export's rounded model, rebuilt here (AdaRound is seeded), has
     # exactly the weights the files dequantize to. A converter that derived other scales, or any change to the
     # weights after the rounding, would round them again.
+    models = _adarounded_models(digits_checkpoint, grids)
     for a in report["artifacts"]:
-        rounded = _adarounded_model(digits_checkpoint, grids[a["format"]])
+        rounded = models[a["format"]]
         path = tmp_path / Path(a["path"]).name
         in_file = int8_weights(path)
         for name, layer in rounded.named_modules():
@@ -121,9 +122,9 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
                            for w in in_file), f"{path.name}: {name}"
 
 
-def _adarounded_model(checkpoint, grid) -> torch.nn.Module:
-    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes for a format with weight steps `grid`, through
-    the export's own steps: equalized, then AdaRound on the same 200 calibration images."""
+def _adarounded_models(checkpoint, grids: dict) -> dict:
+    """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes for each format (→ its weight grid), through
+    the export's own steps: equalized once, then AdaRound on the same 200 calibration images for each grid."""
     from edgecnn.export import _adarounded, _equalized
     from edgecnn.export.sources import export_images, source_from_checkpoint
     from edgecnn.loader import normalise_batch
@@ -131,7 +132,8 @@ def _adarounded_model(checkpoint, grid) -> torch.nn.Module:
     source = source_from_checkpoint(checkpoint)
     calibration, _ = export_images(source, None, None, None, 10, 200, None, True)
     images = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
-    return _adarounded(_equalized(source, images), images, grid, Console(file=io.StringIO())).model
+    equalized = _equalized(source, images)
+    return {fmt: _adarounded(equalized, images, grid, Console(file=io.StringIO())).model for fmt, grid in grids.items()}
 
 
 def int8_weights(path) -> list[np.ndarray]:
