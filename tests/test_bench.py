@@ -69,6 +69,7 @@ def test_threads_and_rounds(digits_int8, tmp_path):
     assert all(r["runs"] == 20 for r in rows)  # two rounds of 10 pooled
 
 
+@pytest.mark.slow  # four formats exported float and int8: about 60 s on one worker
 def test_all_formats_table_plot_and_markdown(digits_checkpoint, tmp_path):
     # One range method (as `export --calibration`): auto's four candidates per format are tested on export.
     report = bench_json(digits_checkpoint, "--all-formats", "--calibration", "minmax", "--export-dir", tmp_path / "x",

@@ -45,12 +45,14 @@ def student(teacher, tmp_path_factory):
     return build_once(tmp_path_factory, "student", make)
 
 
+@pytest.mark.slow  # the student: about 150 s on one worker
 def test_training_runs_and_scores_each_epoch(student):
     history = json.loads((student / "train.json").read_text())["history"]
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"] * 0.85
     assert all(0 <= row["map50"] <= 1 and 0 <= row["map"] <= row["map50"] for row in history)
 
 
+@pytest.mark.slow  # the student: about 150 s on one worker
 def test_exports_are_verified_and_scored(student):
     float_report = json.loads((student / "float.json").read_text())["artifacts"]
     for artefact in float_report:  # the same network in another runtime: the same outputs, the same mAP
@@ -71,6 +73,7 @@ def test_exports_are_verified_and_scored(student):
             "float_map50"]
 
 
+@pytest.mark.slow  # the student: about 150 s on one worker
 def test_the_runtime_detects_with_the_exported_files(student):
     frame = video_frame(VTEST, 200)
     for path in sorted((student / "int8").glob("*_int8.*")):
@@ -84,6 +87,7 @@ def test_the_runtime_detects_with_the_exported_files(student):
                    for d in found)
 
 
+@pytest.mark.slow  # the student: about 150 s on one worker
 def test_info_and_eval(student):
     summary = json.loads(edgecnn("info", student / "int8" / "ssdlite_mobilenet_v2_int8.tflite", "--json", "-").stdout)
     card = summary["card"]

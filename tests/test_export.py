@@ -156,7 +156,8 @@ def int8_weights(path) -> list[np.ndarray]:
     return [codes.astype(np.float32) * scales.reshape(-1, *[1] * (codes.ndim - 1)) for codes, scales in pairs]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [name if name == "resnet8" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in MODELS])  # a MobileNet: 55-65 s to train and export on one worker
 def test_edge_models_export_fully_int8(trained, name, tmp_path):
     # One range method: the choice among them is tested on tinycnn, and four conversions per format cost minutes.
     result, report = export_json(trained(name), "--int8", "--calibration", "mse", "--out", tmp_path)

@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 import torch
 from edgecnn.export.sources import source_from_checkpoint
 from edgecnn.recipe import DataConfig, ExportConfig, ModelConfig, QuantizeConfig, Recipe
@@ -10,6 +11,7 @@ from edgecnn.workflows.export import run_export
 from rich.console import Console
 
 
+@pytest.mark.slow  # trains the MobileNetV3, then QAT and two exports: about 65 s on one worker
 def test_qat_on_mobilenet_v3_does_not_collapse(trained, tmp_path):
     """PT2E QAT is known to collapse MobileNetV3 to chance; edgecnn folds BatchNorm first and must hold."""
     ckpt = trained("mobilenet_v3_small_edge")
