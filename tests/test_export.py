@@ -200,6 +200,7 @@ np.save(sys.argv[3], model.logits(np.stack([model.prepare(f, color="RGB") for f 
 """
 
 
+@pytest.mark.slow  # two exports run natively and under CPU emulation: about 30 s on one worker
 @pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("qemu-x86_64-static"),
                     reason="needs an x86-64 host with qemu-user-static: no CPU without VNNI to emulate")
 def test_the_avx2_scheme_is_exact_on_a_cpu_without_vnni(digits_checkpoint, tmp_path):
