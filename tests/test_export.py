@@ -292,6 +292,7 @@ def test_runtime_classifies_from_the_card_alone(digits_int8):
         assert clf.predict(test.image(0)).label == single.label  # H×W grayscale frames too
 
 
+@pytest.mark.slow  # a MobileNetV3 converted in a child process: about 40 s on one worker
 def test_float_op_left_is_named_and_nothing_is_written(tmp_path):
     """torchvision's MobileNetV3 keeps Hardsigmoid in float in TFLite: refuse it, naming the op."""
     torch.manual_seed(0)
@@ -322,6 +323,7 @@ def outlier_channel_checkpoint(path, out):
     return out
 
 
+@pytest.mark.slow  # three exports, one of them searching for layers to keep in float: about 50 s on one worker
 def test_gate_fails_with_numbers_and_fallback_recovers(digits_checkpoint, tmp_path):
     ckpt = outlier_channel_checkpoint(digits_checkpoint, tmp_path / "outlier.pt")
     common = ("--int8", "--calibration", "minmax", "--max-accuracy-drop", "2", "--eval-samples", "200",
