@@ -5,8 +5,9 @@ Model: torchvision's ImageNet MobileNetV2 (`make real-data`) exported by `edgecn
 Debian opencv-doc's photos; pass an existing `mobilenet_v2_int8.tflite` to skip the export. One inference thread.
 1. The bare interpreter call on a prepared input against `predict` on a 640×480 BGR frame (opencv-doc's
    aero3.jpg), with today's resize and with the one before (OpenCV's INTER_AREA), interleaved rounds, medians;
-   and the median of each step of the path, repeated alone and after one inference each time (a camera loop's
-   caches: on a 2-core AMD EPYC the resize took 0.29 ms alone and 0.84 ms after an inference).
+   and the median of each step of the path, repeated alone and after one inference each time (as a camera loop
+   runs it: on a 2-core AMD EPYC the resize took 0.29 ms alone and 0.84 ms after an inference); and the resize
+   after an inference, after a sleep as long, and after an 8 MB memory sweep (which of them makes it slower).
 2. Every candidate resize of that frame's 420×420 centre crop to 224: its time (interleaved, alone and after an
    inference), and against OpenCV's
    INTER_AREA on all opencv-doc photos, at their own size and stretched to 640×480 (a camera frame): how many keep
@@ -141,6 +142,21 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS, ru
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def after_pauses(call: Callable[[], object], pauses: dict[str, Callable[[], object] | None], rounds: int = ROUNDS,
+                 runs: int = RUNS) -> dict[str, float]:
+    """Median ms of `call` right after each pause (untimed), the pauses taking turns round by round."""
+    times: dict[str, list[float]] = {name: [] for name in pauses}
+    for _ in range(rounds):
+        for name, pause in pauses.items():
+            for _ in range(runs):
+                if pause:
+                    pause()
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max())
     return e / e.sum()
@@ -209,6 +225,13 @@ def measure(model: Path) -> dict:
         return classifier.backend.run(sample[None])
 
     steps, steps_cold = interleaved(step_calls), interleaved(step_calls, between=infer)
+    # Why the resize is slower in a camera loop: an inference before it, an idle wait as long (the core sleeps), or
+    # only a sweep over more data than the caches hold (the resize's buffers and the frame pushed out, nothing else).
+    sweep = np.ones(8 << 20, np.uint8)
+    pause_ms = timing["bare"] / 1000
+    pauses = {"nothing (hot)": None, "one inference": infer, f"a {timing['bare']:.1f} ms sleep": lambda: time.sleep(
+        pause_ms), "an 8 MB memory sweep": lambda: np.add(sweep, 1, out=sweep)}
+    resize_after = after_pauses(lambda: preprocess.resize_image(frame, pre, "BGR"), pauses)
     resize_calls = {name: (lambda r=resize: r(crop, pre.img_size, pre.img_size))
                     for name, (resize, _) in CANDIDATES.items()}
     resize_ms, resize_cold_ms = interleaved(resize_calls), interleaved(resize_calls, between=infer)
@@ -219,7 +242,8 @@ def measure(model: Path) -> dict:
                    **agree[name]} for name, (_, note) in CANDIDATES.items()]
     return {"bare_ms": timing["bare"], "predict_ms": timing["predict"], "predict_before_ms": timing["predict_before"],
             "ratio": timing["predict"] / timing["bare"], "ratio_before": timing["predict_before"] / timing["bare"],
-            "steps_ms": steps, "steps_after_inference_ms": steps_cold, "crop": list(crop.shape),
+            "steps_ms": steps, "steps_after_inference_ms": steps_cold, "resize_after_ms": resize_after,
+            "crop": list(crop.shape),
             "candidates": candidates}
 
 
@@ -230,11 +254,13 @@ def markdown(result: dict) -> str:
              "ratio now |", "|---|---|---|---|---|",
              f"| {result['bare_ms']:.3f} ms | {result['predict_before_ms']:.3f} ms | {result['predict_ms']:.3f} ms | "
              f"{result['ratio_before']:.3f} | {result['ratio']:.3f} |", "",
-             "Each step alone, repeated (its data stays in cache), and after one inference each time (as in a camera "
-             "loop, where the model's weights and activations have pushed the step's data out):", "",
+             "Each step alone, repeated (hot), and after one inference each time (as in a camera loop):", "",
              "| step of `predict` now | median ms | after an inference |", "|---|---|---|"]
     lines += [f"| {name} | {ms:.3f} | {result['steps_after_inference_ms'][name]:.3f} |"
               for name, ms in result["steps_ms"].items()]
+    lines += ["", "The resize (`resize_image`) right after each of these, untimed:", "",
+              "| before the resize | median ms |", "|---|---|"]
+    lines += [f"| {name} | {ms:.3f} |" for name, ms in result["resize_after_ms"].items()]
     frames = result["candidates"][0]["frames"]
     lines += ["", f"Resize of the {result['crop'][0]}×{result['crop'][1]} centre crop to 224; agreement with OpenCV's "
               f"INTER_AREA on {frames} frames (opencv-doc photos at their size and at 640×480):", "",
