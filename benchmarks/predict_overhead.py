@@ -126,31 +126,19 @@ def resize_with(resize: Resize) -> Iterator[None]:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS, runs: int = RUNS,
-                between: Callable[[], object] | None = None) -> dict[str, float]:
+                between: Callable[[], object] | dict[str, Callable[[], object] | None] | None = None,
+                ) -> dict[str, float]:
     """Median ms per call; the calls take turns round by round, so drifts in machine load hit them alike.
-    `between` runs untimed before each timed call: one inference leaves the caches as a camera loop finds them."""
+    `between` (one for every call, or one per call) runs untimed before each timed call: one inference leaves the
+    machine as a camera loop finds it."""
+    pauses = between if isinstance(between, dict) else dict.fromkeys(calls, between)
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             call()
             for _ in range(runs):
-                if between:
-                    between()
-                start = time.perf_counter()
-                call()
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def after_pauses(call: Callable[[], object], pauses: dict[str, Callable[[], object] | None], rounds: int = ROUNDS,
-                 runs: int = RUNS) -> dict[str, float]:
-    """Median ms of `call` right after each pause (untimed), the pauses taking turns round by round."""
-    times: dict[str, list[float]] = {name: [] for name in pauses}
-    for _ in range(rounds):
-        for name, pause in pauses.items():
-            for _ in range(runs):
-                if pause:
-                    pause()
+                if pauses[name]:
+                    pauses[name]()
                 start = time.perf_counter()
                 call()
                 times[name].append((time.perf_counter() - start) * 1000)
@@ -231,7 +219,8 @@ def measure(model: Path) -> dict:
     pause_ms = timing["bare"] / 1000
     pauses = {"nothing (hot)": None, "one inference": infer, f"a {timing['bare']:.1f} ms sleep": lambda: time.sleep(
         pause_ms), "an 8 MB memory sweep": lambda: np.add(sweep, 1, out=sweep)}
-    resize_after = after_pauses(lambda: preprocess.resize_image(frame, pre, "BGR"), pauses)
+    resize_after = interleaved(dict.fromkeys(pauses, step_calls["crop + resize + colour (resize_image)"]),
+                               between=pauses)
     resize_calls = {name: (lambda r=resize: r(crop, pre.img_size, pre.img_size))
                     for name, (resize, _) in CANDIDATES.items()}
     resize_ms, resize_cold_ms = interleaved(resize_calls), interleaved(resize_calls, between=infer)
