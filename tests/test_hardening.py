@@ -170,6 +170,33 @@ def test_ctrl_c_during_export_always_stops_it(digits_checkpoint, tmp_path, delay
     record("export: Ctrl-C", tried=1, handled=1)
 
 
+CTRL_C_DURING_IMPORT = """
+import os, signal, sys, threading, time
+from edgecnn.signals import interruptible
+sys.path.insert(0, sys.argv[1])
+started = time.monotonic()
+with interruptible():
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        import slow_module
+        time.sleep(10)
+    except KeyboardInterrupt:
+        print(sys.modules["slow_module"].LAST_LINE_RAN, round(time.monotonic() - started, 1))
+"""
+
+
+def test_ctrl_c_during_an_import_waits_for_it_then_stops(tmp_path):
+    """An import cut midway can crash (jaxlib's native modules segfault when their initialisation is cut, which
+    killed an export with SIGSEGV on Ctrl-C): the interrupt comes right after the import instead."""
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(1.5)\nLAST_LINE_RAN = True\n")
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_IMPORT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    last_line_ran, seconds = done.stdout.split()
+    assert last_line_ran == "True" and 1.5 <= float(seconds) < 5, done.stdout
+    record("Ctrl-C during an import", tried=1, handled=1)
+
+
 def test_two_exports_into_one_folder(digits_checkpoint, tmp_path):
     out = tmp_path / "out"
     first = _export_process(digits_checkpoint, out)
