@@ -215,6 +215,7 @@ HOSTILE = [
     ("watch: camera down at start", "retries until --give-up-after, then one line"),
     ("watch: nothing classified", "exit 2 with the first frame's reason"),
     ("export: Ctrl-C", "SIGINT at three points of the conversion: exit 130, no file under a final name"),
+    ("Ctrl-C during an import", "the interrupt waits for the import to end (a cut native module segfaulted)"),
     ("export: two writers", "the second is refused; the report's sha256 is the installed file's"),
     ("recipes: alias bombs, names outside runs/", "refused before expansion (500 bytes, 387 million values) or "
      "before anything is written"),
