@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+_waiting: set[int] = set()  # signals waiting for the main thread's import to end (one resend each)
 
 
 class Interrupts:
@@ -83,12 +84,16 @@ def importing(frame: types.FrameType | None) -> bool:
 
 
 def redeliver_after_import(signum: int) -> None:
-    """Send `signum` to the main thread again once it has left the import it is in."""
+    """Send `signum` to the main thread again once it has left the import it is in (once, however often it came)."""
+    if signum in _waiting:
+        return
+    _waiting.add(signum)
     main = threading.main_thread().ident
 
     def wait() -> None:
         while importing(sys._current_frames().get(main)):
             time.sleep(0.01)
+        _waiting.discard(signum)
         signal.pthread_kill(main, signum)
 
     threading.Thread(target=wait, name="edgecnn-signal-after-import", daemon=True).start()
