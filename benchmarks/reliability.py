@@ -93,7 +93,8 @@ def corrupted_copies(path: Path, photos: list[np.ndarray]) -> dict:
 
     intact = load(path)
     inputs = np.stack([intact.prepare(photo) for photo in photos])
-    reference = np.stack([intact.backend.run(x[None]).astype(np.float64).ravel() for x in inputs])
+    # The first output, as the bare runs take it (a classifier has one: its logits).
+    reference = np.stack([intact.backend.run(x[None])[0].astype(np.float64).ravel() for x in inputs])
     tally = {"copies": COPIES, "photos": len(photos), "bare_runtime_ran": 0, "ran_with_a_different_output": 0,
              "ran_with_a_changed_top1": 0, "top1_changed_on_photos": 0, "bare_runtime_error": 0,
              "bare_runtime_crashed": 0, "edgecnn_refused": 0, "kinds": {}}
