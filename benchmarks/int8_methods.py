@@ -31,6 +31,7 @@ LABELS = PHOTOS / "dnn/classification_classes_ILSVRC2012.txt"
 METHODS = ("minmax", "percentile", "mse", "entropy", "auto")
 RUNS = {**{f"{m}, no equalization": ["--calibration", m, "--no-equalize"] for m in METHODS},
         **{f"{m} + equalization": ["--calibration", m] for m in METHODS},
+        "search + equalization": ["--calibration", "search"],
         "percentile + equalization + adaround": ["--calibration", "percentile", "--adaround"],
         "auto + equalization + adaround": ["--adaround"]}
 RESULTS = ROOT / "benchmarks/results/int8_methods.json"
@@ -78,7 +79,8 @@ def main() -> None:
                              "sure_samples": a["confident_samples"], "samples": a["samples"],
                              "logit_sqnr_db": a["logit_sqnr_db"], "equalization": calibration.get("equalization"),
                              "export_seconds": a["export_seconds"], "status": a["status"],
-                             "adaround_seconds": (calibration.get("adaround") or {}).get("seconds")})
+                             "adaround_seconds": (calibration.get("adaround") or {}).get("seconds"),
+                             "search_seconds": (calibration.get("search") or {}).get("seconds")})
                 if a["status"] == "ok":
                     files[(name, a["format"])] = Path(a["path"])
                 print(rows[-1], flush=True)
@@ -105,6 +107,8 @@ def main() -> None:
         seconds = "—" if r["export_seconds"] is None else f"{r['export_seconds']:.0f}"
         if r.get("adaround_seconds"):  # learned once for all formats, before the first
             seconds += f" + {r['adaround_seconds']:.0f} AdaRound"
+        if r.get("search_seconds"):  # searched once for all formats, before the first
+            seconds += f" + {r['search_seconds']:.0f} search"
         sqnr = "—" if r.get("logit_sqnr_db") is None else f"{r['logit_sqnr_db']:.1f}"
         lines.append(f"| {r['method']} | {r['format']} | {r['chosen']} | {r['agreement']:.1%} of {r['samples']} | "
                      f"{sure} | {sqnr} | {seconds} | {latency_ms} |")

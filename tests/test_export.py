@@ -125,15 +125,15 @@ def test_adaround_learns_the_rounding_both_formats_keep(digits_checkpoint, tmp_p
 def _adarounded_models(checkpoint, grids: dict) -> dict:
     """What `edgecnn export CHECKPOINT --int8 --adaround` quantizes for each format (→ its weight grid), through
     the export's own steps: equalized once, then AdaRound on the same 200 calibration images for each grid."""
-    from edgecnn.export import _adarounded, _equalized
+    from edgecnn.export.prepare import adarounded, equalized
     from edgecnn.export.sources import export_images, source_from_checkpoint
     from edgecnn.loader import normalise_batch
 
     source = source_from_checkpoint(checkpoint)
     calibration, _ = export_images(source, None, None, None, 10, 200, None, True)
     images = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
-    equalized = _equalized(source, images)
-    return {fmt: _adarounded(equalized, images, grid, Console(file=io.StringIO())).model for fmt, grid in grids.items()}
+    evened = equalized(source, images)
+    return {fmt: adarounded(evened, images, grid, Console(file=io.StringIO())).model for fmt, grid in grids.items()}
 
 
 def int8_weights(path) -> list[np.ndarray]:

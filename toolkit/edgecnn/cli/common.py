@@ -55,7 +55,8 @@ def json_option(what: str) -> Any:
 def calibration_option(what: str = "Activation ranges") -> Any:
     return click.option("--calibration", default="auto", show_default=True,
                         help=f"{what}: auto (best agreement on the calibration images), minmax, percentile, mse, "
-                             "entropy.")
+                             "entropy, or search (each tensor's range by the output error it causes; slower: "
+                             "~4 minutes for MobileNetV2 on 2 cores).")
 
 
 def no_verify_option(what: str = "Do not check edgecnn files against their content hash.") -> Any:

@@ -10,7 +10,6 @@ float PyTorch model, apply the accuracy gate (with the layer fallback), and only
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -25,7 +24,9 @@ from edgecnn import __version__
 from edgecnn.atomic import exclusive_folder, install_model
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export.fallback import fewest_float_layers
+from edgecnn.export.prepare import adarounded, equalized, range_searched
 from edgecnn.export.sources import ExportSource, Images
+from edgecnn.quantize.calibrate import SEARCH
 from edgecnn.runtime.backends import TensorSpec, open_backend
 from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS, model_files, model_size
 from edgecnn.runtime.modelfile import embed_card
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # torch and what needs it load with the export itself, after 
     import torch
 
     from edgecnn.export.verify import FloatReference, Verification
-    from edgecnn.quantize.adaround import WeightGrid
 
 LOW_AGREEMENT, LOW_SURE_AGREEMENT = 0.90, 0.95  # below these the report warns
 SMALL_VERIFICATION = 100  # fewer images than this make one image worth more than a point
@@ -222,12 +222,13 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
         calib_tensor = normalise_batch(torch.from_numpy(calibration.pixels), source.pre, torch.device("cpu"))
         calib_reference = float_reference(source.model, source.pre, calibration, task=source.task)
         if options.equalize and source.qat is None:
-            source = _equalized(source, calib_tensor)
+            source = equalized(source, calib_tensor)
     if source.macs is None:
         from edgecnn.summary import complexity
 
         source.macs = complexity(source.model, source.pre.img_size).macs
     rounded: dict = {}  # weight grid → the source with its weights' rounding learned on that grid (--adaround)
+    searched: dict = {}  # id of a source → that source with its activation ranges searched (--calibration search)
     stem = source.name + ("_int8" if options.int8 else "")
     artefacts = []
     verified: list[tuple[Artefact, Path]] = []  # (artefact, its verified scratch file), installed at the end
@@ -241,8 +242,12 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
             if options.adaround:
                 grid = FORMATS[fmt].exporter.Builder.weight_grid(scheme)
                 if grid not in rounded:
-                    rounded[grid] = _adarounded(source, calib_tensor, grid, console)
+                    rounded[grid] = adarounded(source, calib_tensor, grid, console)
                 fmt_source = rounded[grid]
+            if options.int8 and options.calibration == SEARCH and fmt_source.qat is None:
+                if id(fmt_source) not in searched:
+                    searched[id(fmt_source)] = range_searched(fmt_source, calib_tensor, console)
+                fmt_source = searched[id(fmt_source)]
             builder = format_builder(fmt, fmt_source, calib_tensor, scheme, Path(scratch))
             try:
                 artefact = _export_one(builder, fmt, options, Path(scratch), work, final, calibration,
@@ -266,27 +271,6 @@ def _export_all(source: ExportSource, options: ExportOptions, out_dir: Path, cal
                     artefact.status = "export failed"
                     artefact.error = str(e) if isinstance(e, EdgeCNNError) else f"cannot write {artefact.path}: {e}"
     return artefacts
-
-
-def _equalized(source: ExportSource, calibration: torch.Tensor) -> ExportSource:
-    """The source with its activation channels equalized for int8 (the float reference keeps the original)."""
-    from edgecnn.quantize.equalize import equalize
-
-    model, report = equalize(source.model, calibration)
-    return dataclasses.replace(source, model=model, equalization=report)
-
-
-def _adarounded(source: ExportSource, calibration: torch.Tensor, grid: WeightGrid, console: Console) -> ExportSource:
-    """The source with BatchNorm folded and its weights' rounding to `grid` learned (the float reference keeps the
-    original)."""
-    from edgecnn.quantize.adaround import adaround
-
-    console.print(f"  learning the {grid.name} weights' rounding (AdaRound) on {len(calibration)} calibration images")
-    model, report = adaround(source.model, calibration, grid=grid)
-    if report["layers"]:
-        console.print(f"    {report['learned']} of {report['layers']} layers learned in {report['seconds']} s: output "
-                      f"error {report['error_vs_nearest']['median']:.2f}x that of rounding to nearest (median layer)")
-    return dataclasses.replace(source, model=model, adaround=report)
 
 
 def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: Path, final: Path,
@@ -331,6 +315,8 @@ def _export_one(builder, fmt: str, options: ExportOptions, scratch: Path, work: 
             artefact.calibration["equalization"] = builder.source.equalization
         if builder.source.adaround is not None:
             artefact.calibration["adaround"] = builder.source.adaround
+        if builder.source.searched is not None:
+            artefact.calibration["search"] = builder.source.searched.report
         artefact.warnings = warnings(artefact, options, len(verification))
     if options.int8 and artefact.float_ops and not artefact.float_layers and not options.allow_float_ops:
         artefact.status = "float ops left"

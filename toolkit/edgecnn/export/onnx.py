@@ -19,7 +19,7 @@ from torch import nn
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.native import quiet_native_output
 from edgecnn.quantize.adaround import INT8, INT8_REDUCED_RANGE, WeightGrid
-from edgecnn.quantize.calibrate import Candidate
+from edgecnn.quantize.calibrate import SEARCH, Candidate
 from edgecnn.quantize.ranges import Histogram, activation_ranges
 from edgecnn.quantize.target import Scheme
 from edgecnn.runtime.formats.onnx import NAME_SCOPES, onnx_layer_path
@@ -399,6 +399,8 @@ class Builder:
                 f"{self.method}")
 
     def _ranges(self, method: str) -> dict[str, tuple[float, float]]:
+        if method == SEARCH:  # the choices made on the PT2E graph, found here by each tensor's values
+            return self.source.searched.ranges_for(self._histograms, self._outputs)
         return activation_ranges(self._histograms, method, self._outputs)
 
     @property

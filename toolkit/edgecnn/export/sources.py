@@ -38,6 +38,7 @@ class ExportSource:
     val_dataset: str | None = None  # a detector's held-out box dataset (coco:PATH or yolo:PATH)
     equalization: dict | None = None  # what edgecnn.quantize.equalize did to `model` before int8
     adaround: dict | None = None  # what edgecnn.quantize.adaround did to `model` before int8
+    searched: Any = None  # edgecnn.quantize.search.SearchedRanges of `model` (--calibration search)
 
 
 @dataclass

@@ -105,7 +105,7 @@ class Builder:
                        path, None)
             return None
         observed = self._observe(float_layers)
-        graph = observed.convert(self.candidate.method, self.fold_weights)
+        graph = observed.convert(self.candidate.method, self.fold_weights, searched=self.source.searched)
         self.last_build = (observed, graph)
         self.write(graph, path, float_layers)
         return (f"{qat.scheme_prefix if qat else ''}{SCHEME}, biases corrected for their rounding; activation "

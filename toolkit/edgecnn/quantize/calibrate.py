@@ -18,7 +18,8 @@ import numpy as np
 from edgecnn.errors import EdgeCNNError, closest
 from edgecnn.quantize.ranges import METHODS
 
-CHOICES = ("auto", *METHODS)
+SEARCH = "search"  # a method per tensor, by the output error it causes (edgecnn.quantize.search)
+CHOICES = ("auto", *METHODS, SEARCH)
 
 
 @dataclass

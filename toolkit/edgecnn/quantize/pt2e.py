@@ -28,6 +28,7 @@ from torch import nn
 
 from edgecnn.errors import EdgeCNNError
 from edgecnn.native import quiet_native_output
+from edgecnn.quantize.calibrate import SEARCH
 from edgecnn.quantize.graph_capture import export_graph
 from edgecnn.quantize.ranges import Histogram, activation_ranges
 
@@ -148,23 +149,26 @@ class Observed:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 2, 3, 1) if self.layout == "NHWC" else images
 
-    def with_ranges(self, method: str) -> torch.fx.GraphModule:
-        """A copy of the prepared graph with every activation observer holding its range by `method`."""
+    def with_ranges(self, method: str, searched=None) -> torch.fx.GraphModule:
+        """A copy of the prepared graph with every activation observer holding its range by `method` (for
+        "search", the method `searched` chose for it)."""
         prepared = copy.deepcopy(self.prepared)
-        ranges = activation_ranges(self.histograms, method, self.outputs)
+        ranges = (searched.ranges_for(self.histograms, self.outputs) if method == SEARCH
+                  else activation_ranges(self.histograms, method, self.outputs))
         for name, module in prepared.named_modules():
             if name in ranges:
                 module.min_val.fill_(ranges[name][0])
                 module.max_val.fill_(ranges[name][1])
         return prepared
 
-    def convert(self, method: str, fold_weights: bool = False, correct_bias: bool = True) -> torch.fx.GraphModule:
+    def convert(self, method: str, fold_weights: bool = False, correct_bias: bool = True,
+                searched=None) -> torch.fx.GraphModule:
         """The fake-quantized graph with every activation range chosen by `method` (and, with `correct_bias`, the
         biases corrected for the weights' rounding); with `fold_weights` the weights are stored as int8 constants
         (what ExecuTorch lowers) instead of float ones quantized in the graph (what litert-torch converts)."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        prepared = self.with_ranges(method)
+        prepared = self.with_ranges(method, searched)
         keep_requantizable(prepared)
         if correct_bias:
             correct_rounding_bias(prepared, self.input_means)
