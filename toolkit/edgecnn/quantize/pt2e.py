@@ -90,7 +90,7 @@ def quantizer(float_layers: Sequence[str] = (), qat: bool = False):
     return PartialQuantizer().set_global(config)
 
 
-def _is_activation_observer(module: nn.Module) -> bool:
+def is_activation_observer(module: nn.Module) -> bool:
     return getattr(module, "qscheme", None) == torch.per_tensor_affine and hasattr(module, "min_val")
 
 
@@ -188,7 +188,7 @@ def _output_observer(node: torch.fx.Node, modules: dict) -> nn.Module | None:
         node = next(iter(node.users))
         module = modules.get(node.target) if node.op == "call_module" else None
         if module is not None:
-            return module if _is_activation_observer(module) else None
+            return module if is_activation_observer(module) else None
         if node.target not in _CLAMPS:
             return None
     return None
@@ -199,7 +199,7 @@ def _requantization(node: torch.fx.Node, modules: dict) -> tuple[nn.Module, floa
     None for one kept in float or in a pattern the quantizer left alone."""
     source, weight = (modules.get(getattr(a, "target", None)) for a in node.args[:2])
     output = _output_observer(node, modules)
-    if not (_is_activation_observer(source) and _is_activation_observer(output)) \
+    if not (is_activation_observer(source) and is_activation_observer(output)) \
             or getattr(weight, "qscheme", None) != torch.per_channel_symmetric:
         return None
     product = float(source.calculate_qparams()[0]) * float(weight.calculate_qparams()[0].max())
@@ -266,7 +266,7 @@ def observe(model: nn.Module, calibration: torch.Tensor, layout: str = "NHWC",
     with quiet_native_output():
         prepared = prepare_pt2e(graph, quantizer(float_layers))
     feed(prepared, samples)
-    observers = {name: m for name, m in prepared.named_modules() if _is_activation_observer(m)}
+    observers = {name: m for name, m in prepared.named_modules() if is_activation_observer(m)}
     bounds = {n.target: _output_bounds(n) for n in prepared.graph.nodes if n.target in observers}
     histograms = {name: Histogram.empty(*np.clip([m.min_val.item(), m.max_val.item()], *bounds[name]))
                   for name, m in observers.items()}

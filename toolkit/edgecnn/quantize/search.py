@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgecnn.quantize.pt2e import Observed, _is_activation_observer, correct_rounding_bias
+from edgecnn.quantize.pt2e import Observed, correct_rounding_bias, is_activation_observer
 from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range, activation_ranges
 
 START = "percentile"  # the best single method on real photos (benchmarks/results/int8_methods.md)
 CUTS = (0.75, 0.55, 0.4)  # fractions of the min/max range tried beside the methods
 RULES = (*METHODS, *(f"minmax*{cut}" for cut in CUTS))
-MAX_SAMPLES = 32  # calibration images the search scores on: every node's values for them stay in memory
+MAX_SAMPLES = 32  # calibration images the search scores on: the values its re-runs read stay in memory
 SAME_VALUES = 1e-3  # fingerprints closer than this (relative to the tensor's range) are the same tensor's
 
 
@@ -66,9 +67,9 @@ class SearchedRanges:
     def rule_for(self, hist: Histogram) -> str:
         mine = fingerprint(hist)
         scale = max(abs(hist.low), abs(hist.high), 1e-6)
-        for theirs, method in self.choices:
+        for theirs, rule in self.choices:
             if np.abs(theirs - mine).max() <= SAME_VALUES * scale:
-                return method
+                return rule
         return START
 
     def ranges_for(self, histograms: dict[str, Histogram], outputs=()) -> dict[str, tuple[float, float]]:
@@ -124,7 +125,7 @@ def _simulated(observed: Observed) -> tuple[torch.fx.GraphModule, dict[str, _Qua
         if original is None or not hasattr(original, "calculate_qparams"):
             continue
         if id(original) not in stand_ins:
-            stand_ins[id(original)] = (_Quantize(original) if _is_activation_observer(original)
+            stand_ins[id(original)] = (_Quantize(original) if is_activation_observer(original)
                                        else _QuantizeWeight(original))
         parent, _, child = name.rpartition(".")
         setattr(graph.get_submodule(parent) if parent else graph, child, stand_ins[id(original)])
@@ -198,9 +199,9 @@ def search_ranges(observed: Observed) -> SearchedRanges:
     samples = observed.inputs(observed.calibration[:MAX_SAMPLES])
     graph, quantizers = _simulated(observed)
     histograms = {name: observed.histograms[name] for name in quantizers}
-    chosen = dict.fromkeys(histograms, START)
+    chosen = {name: "minmax" if name in observed.outputs else START for name in histograms}
     for name, hist in histograms.items():
-        quantizers[name].set_range(*activation_range(hist, "minmax" if name in observed.outputs else START))
+        quantizers[name].set_range(*rule_range(hist, chosen[name]))
     with torch.no_grad():
         reference = torch.utils._pytree.tree_leaves(copy.deepcopy(observed.prepared)(samples))
     order = [n.target for n in graph.graph.nodes if n.op == "call_module" and n.target in quantizers
@@ -222,8 +223,7 @@ def search_ranges(observed: Observed) -> SearchedRanges:
             if error < best_error:
                 best_error, chosen[name], current, replay.values = error, rule, candidate, values
         quantizers[name].set_range(*current)
-    report = {"start": START, "tensors": len(chosen), "rules": dict(sorted(
-        {m: list(chosen.values()).count(m) for m in set(chosen.values())}.items())),
+    report = {"start": START, "tensors": len(chosen), "rules": dict(sorted(Counter(chosen.values()).items())),
         "samples": len(samples), "output_error_vs_start": round(best_error / max(start_error, 1e-30), 3),
         "seconds": round(time.perf_counter() - started, 1)}
     return SearchedRanges([(fingerprint(histograms[n]), m) for n, m in chosen.items()], report)
