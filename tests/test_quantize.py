@@ -89,14 +89,15 @@ def test_the_doctor_refuses_shared_images_and_names_problems():
     assert shared["overlap_with_verification"] == 40
 
 
-def test_layer_errors_name_every_quantized_layer_by_module_path():
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])  # .tflite's graphs, and .pte's (no channels-last wrapper)
+def test_layer_errors_name_every_quantized_layer_by_module_path(layout):
     from edgecnn.models.build import build_model
     from edgecnn.quantize import pt2e
 
     torch.manual_seed(0)
     model = build_model("tinycnn", 10).eval()
     calibration = torch.randn(16, 3, 32, 32)
-    observed = pt2e.observe(model, calibration, "NHWC")
+    observed = pt2e.observe(model, calibration, layout)
     rows = pt2e.layer_errors(observed, observed.convert("minmax"), calibration)
     layers = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     assert {r["layer"] for r in rows} == layers
@@ -104,7 +105,7 @@ def test_layer_errors_name_every_quantized_layer_by_module_path():
     assert all(5 < r["sqnr_db"] < math.inf for r in rows)
     # Kept in float, a layer is not reported as quantized.
     first = next(iter(layers))
-    kept = pt2e.observe(model, calibration, "NHWC", [first])
+    kept = pt2e.observe(model, calibration, layout, [first])
     assert first not in {r["layer"] for r in pt2e.layer_errors(kept, kept.convert("minmax"), calibration)}
 
 

@@ -74,10 +74,13 @@ def quantizer(float_layers: Sequence[str] = (), qat: bool = False):
         STATIC_QAT_ONLY_OPS: list[str] = []
 
         def _annotate_for_static_quantization_config(self, model):
-            keep = {f"wrapped.{name}" for name in float_layers}
+            keep = set(float_layers)
 
             def quantized(node) -> bool:
-                return not keep.intersection(path for path, _ in node.meta.get("nn_module_stack", {}).values())
+                # Paths as module_path() gives them: a graph traced through the NHWC wrapper prefixes "wrapped.",
+                # one traced from the model itself (.pte's NCHW) does not.
+                stack = node.meta.get("nn_module_stack", {}).values()
+                return not keep.intersection(path.removeprefix("wrapped.") for path, _ in stack)
 
             self._annotate_all_static_patterns(model, self.global_config, quantized)
             return model
