@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.export.sources import ExportSource
 
 if TYPE_CHECKING:
@@ -46,7 +47,12 @@ def range_searched(source: ExportSource, calibration: torch.Tensor, console: Con
 
     console.print(f"  choosing each activation's range by its output error on {min(len(calibration), MAX_SAMPLES)} "
                   "calibration images")
-    searched = search_ranges(pt2e.observe(source.model, calibration))
+    try:
+        searched = search_ranges(pt2e.observe(source.model, calibration))
+    except EdgeCNNError:
+        raise
+    except Exception as e:  # torch.export or a graph the search does not know: one line, not a traceback
+        raise EdgeCNNError(f"--calibration search: {first_line(e)}; choose another --calibration") from None
     report = searched.report
     console.print(f"    {report['seconds']} s: output error {report['output_error_vs_start']:.2f}x that of "
                   f"{report['start']} everywhere; rules chosen: "
