@@ -32,6 +32,7 @@ METHODS = ("minmax", "percentile", "mse", "entropy", "auto")
 RUNS = {**{f"{m}, no equalization": ["--calibration", m, "--no-equalize"] for m in METHODS},
         **{f"{m} + equalization": ["--calibration", m] for m in METHODS},
         "search + equalization": ["--calibration", "search"],
+        "search + equalization + adaround": ["--calibration", "search", "--adaround"],
         "percentile + equalization + adaround": ["--calibration", "percentile", "--adaround"],
         "auto + equalization + adaround": ["--adaround"]}
 RESULTS = ROOT / "benchmarks/results/int8_methods.json"
