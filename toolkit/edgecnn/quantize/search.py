@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from edgecnn.quantize.pt2e import Observed, correct_rounding_bias, is_activation_observer
-from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range, activation_ranges
+from edgecnn.quantize.ranges import METHODS, MIN_SPAN, Histogram, activation_range
 
 START = "percentile"  # the best single method on real photos (benchmarks/results/int8_methods.md)
 CUTS = (0.75, 0.55, 0.4)  # fractions of the min/max range tried beside the methods
@@ -78,11 +78,8 @@ class SearchedRanges:
 
     def ranges_for(self, histograms: dict[str, Histogram], outputs=()) -> dict[str, tuple[float, float]]:
         """Every tensor's range by its chosen rule (min/max for the graph's outputs, as for every method)."""
-        ranges = activation_ranges(histograms, START, outputs)
-        for name, hist in histograms.items():
-            if name not in outputs:
-                ranges[name] = rule_range(hist, self.rule_for(hist))
-        return ranges
+        return {name: rule_range(hist, "minmax" if name in outputs else self.rule_for(hist))
+                for name, hist in histograms.items()}
 
 
 class _Quantize(nn.Module):
@@ -171,7 +168,7 @@ class _Replay:
             inside = set(changed)
             self.kept.update(a for n in changed for a in n.all_input_nodes if a not in inside)
         self.output = next(n for n in graph.graph.nodes if n.op == "output")
-        self.values = self._run({})
+        self.values = self._run()
 
     def _after(self, names: set[str]) -> list[torch.fx.Node]:
         """The nodes whose values depend on a call of the module by one of `names`, in graph order."""
@@ -181,9 +178,9 @@ class _Replay:
                 found[node] = None
         return list(found)
 
-    def _run(self, known: dict) -> dict:
+    def _run(self) -> dict:
         """The kept values and the output's, from a run of the whole graph."""
-        kept, output = self.kept, self.output
+        kept, output, known = self.kept, self.output, {}
 
         class Keeping(torch.fx.Interpreter):
             def run_node(self, node):
