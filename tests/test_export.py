@@ -200,19 +200,20 @@ np.save(sys.argv[3], model.logits(np.stack([model.prepare(f, color="RGB") for f 
 """
 
 
-@pytest.mark.slow  # two exports run natively and under CPU emulation: about 30 s on one worker
+@pytest.mark.slow  # three exports run natively and under CPU emulation: about 45 s on one worker
 @pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("qemu-x86_64-static"),
                     reason="needs an x86-64 host with qemu-user-static: no CPU without VNNI to emulate")
-def test_the_avx2_scheme_is_exact_on_a_cpu_without_vnni(digits_checkpoint, tmp_path):
+def test_the_avx2_schemes_are_exact_on_a_cpu_without_vnni(digits_checkpoint, tmp_path):
     """Without VNNI, onnxruntime's u8 × s8 kernels add pairs of products in 16 bits; `--target x86-avx2` keeps
-    weights to 7 bits so the sums fit. Emulated by qemu's Haswell (AVX2, no VNNI), its file computes what it
-    computes here. The x86-vnni scheme's 8-bit weights saturate there (benchmarks/int8_avx2.py: logit SQNR 18.4 →
-    9.7 dB on the real MobileNetV2), which shows that the emulated kernels are really the ones without VNNI."""
+    weights to 7 bits so the sums fit, and `--target x86-avx2-u8u8` stores 8-bit weights as uint8, which its u8 × u8
+    kernels widen to 16 bits first. Emulated by qemu's Haswell (AVX2, no VNNI), each file computes what it computes
+    here. The x86-vnni scheme's 8-bit weights saturate there (benchmarks/int8_avx2.py: logit SQNR 18.4 → 9.7 dB on
+    the real MobileNetV2), which shows that the emulated kernels are really the ones without VNNI."""
     test = load_dataset("digits").split("test")
     frames = tmp_path / "frames.npy"
     np.save(frames, np.stack([test.image(i) for i in range(200)]))
     differences = {}
-    for target in ("x86-avx2", "x86-vnni"):
+    for target in ("x86-avx2", "x86-avx2-u8u8", "x86-vnni"):
         result, report = export_json(digits_checkpoint, "--int8", "--format", "onnx", "--target", target,
                                      "--calibration", "minmax", "--out", tmp_path / target)
         assert result.returncode == 0, result.stderr
@@ -225,7 +226,7 @@ def test_the_avx2_scheme_is_exact_on_a_cpu_without_vnni(digits_checkpoint, tmp_p
             assert done.returncode == 0, done.stderr
             outputs.append(np.load(out))
         differences[target] = float(np.abs(outputs[0] - outputs[1]).max())
-    assert differences["x86-avx2"] == 0.0, differences
+    assert differences["x86-avx2"] == differences["x86-avx2-u8u8"] == 0.0, differences
     # On a host with VNNI the 8-bit file's sums saturate only under emulation; on one without, in both places.
     assert (differences["x86-vnni"] > 0.0) is (host_target() == "x86-vnni"), differences
 

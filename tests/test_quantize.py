@@ -67,6 +67,8 @@ def test_the_host_target_follows_the_isa(flags, machine, expected):
 
 def test_schemes_by_name():
     assert scheme_for("x86").reduce_range is True and scheme_for("x86-vnni").reduce_range is False
+    u8u8 = scheme_for("x86-avx2-u8u8")
+    assert u8u8.reduce_range is False and u8u8.onnx_weights == "uint8" and scheme_for("x86").onnx_weights == "int8"
     assert scheme_for("pi5").onnx_activations == "int8"
     assert "this machine" in scheme_for("host").reason
     with pytest.raises(EdgeCNNError, match="unknown target 'x68'.*did you mean"):
@@ -209,6 +211,48 @@ def test_onnx_bias_correction_removes_the_mean_error_of_weight_rounding(tmp_path
     plain = outputs(tmp_path / "probe.onnx")  # the same weights and minmax ranges, biases as trained
     corrected = outputs(tmp_path / "int8.onnx")
     assert _mean_error(corrected, reference) < 0.5 * _mean_error(plain, reference)
+
+
+def test_the_u8u8_scheme_stores_the_same_weights_as_uint8(tmp_path):
+    """x86-avx2-u8u8's .onnx holds x86-vnni's 8-bit weights shifted into uint8 (zero point 128): every weight
+    dequantizes to the same value, so onnxruntime computes the same logits (here, with VNNI or without: its u8×u8
+    kernels widen to 16 bits; the emulated AVX2-only check is test_export's)."""
+    import onnx
+    import onnxruntime as ort
+    from edgecnn.export.onnx import Builder
+    from edgecnn.export.sources import ExportSource
+    from edgecnn.preprocess import Preprocess
+    from onnx import numpy_helper
+
+    model, calibration = _dc_heavy_model()
+    source = ExportSource(model, Preprocess(img_size=16), ["a", "b", "c", "d"], "custom")
+    files = {}
+    for target in ("x86-vnni", "x86-avx2-u8u8"):
+        builder = Builder(source, calibration, scheme_for(target), tmp_path / target)
+        (tmp_path / target).mkdir()
+        builder.candidate.method = "minmax"
+        files[target] = tmp_path / f"{target}.onnx"
+        assert ("stored as uint8" in builder.build(files[target], [])) is (target == "x86-avx2-u8u8")
+
+    def weights(path):
+        graph = onnx.load(path).graph
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return {node.name: (constants[node.input[0]], constants[node.input[2]]) for node in graph.node
+                if node.op_type == "DequantizeLinear" and node.input[0] in constants
+                and constants[node.input[0]].ndim >= 2}
+
+    signed, unsigned = weights(files["x86-vnni"]), weights(files["x86-avx2-u8u8"])
+    assert signed.keys() == unsigned.keys() and len(signed) >= 3
+    for name, (values, zero) in unsigned.items():
+        assert values.dtype == zero.dtype == np.uint8 and (zero == 128).all(), name
+        assert np.array_equal(values.astype(int) - zero.reshape(-1, *[1] * (values.ndim - 1)),
+                              signed[name][0].astype(int) - signed[name][1].reshape(-1, *[1] * (values.ndim - 1)))
+
+    def outputs(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"input": x[None].numpy()})[0] for x in calibration])
+
+    np.testing.assert_array_equal(outputs(files["x86-avx2-u8u8"]), outputs(files["x86-vnni"]))
 
 
 class _InvertedResidual(torch.nn.Module):

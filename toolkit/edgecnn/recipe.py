@@ -87,7 +87,8 @@ class PruneConfig:
 class QuantizeConfig:
     method: Literal["none", "ptq", "qat"] = "none"
     calib_samples: int = 200
-    target: Literal["host", "x86", "x86-avx2", "x86-vnni", "arm"] = "host"  # the CPU the int8 scheme is for
+    # The CPU the int8 scheme is for (edgecnn.quantize.target).
+    target: Literal["host", "x86", "x86-avx2", "x86-avx2-u8u8", "x86-vnni", "arm"] = "host"
     # Top-1 points the int8 artefacts may lose against the float model; over it the export fails (after the
     # fallback has tried keeping the most sensitive layers in float).
     max_accuracy_drop: float | None = None

@@ -80,7 +80,8 @@ def device_options(f):
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
               help="--all-formats: an int8 export losing more top-1 points fails the accuracy gate.")
 @click.option("--int8-target", default="host", show_default=True,
-              help="--all-formats: CPU the int8 scheme is for (as export --target): host, x86-avx2, x86-vnni, arm.")
+              help="--all-formats: CPU the int8 scheme is for (as export --target): host, x86-avx2, x86-avx2-u8u8, "
+                   "x86-vnni, arm.")
 @calibration_option("--all-formats: the int8 exports' activation ranges")
 @device_options
 @no_verify_option()

@@ -31,7 +31,8 @@ from edgecnn.runtime.formats import DEFAULT_FORMATS, FORMATS
 @click.option("--dataset", help="Labelled data to calibrate and verify on [default: the checkpoint's].")
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Verify on at most N held-out images [all].")
 @click.option("--target", default="host", show_default=True,
-              help="CPU the int8 scheme is for: host (this machine's ISA), x86-avx2, x86-vnni, arm (pi4, pi5).")
+              help="CPU the int8 scheme is for: host (this machine's ISA), x86-avx2 (7-bit .onnx weights), "
+                   "x86-avx2-u8u8 (8-bit, slower kernels), x86-vnni, arm (pi4, pi5).")
 @calibration_option()
 @click.option("--no-equalize", is_flag=True,
               help="Quantize the channels as trained (default: rescale them so one int8 range fits all).")

@@ -172,7 +172,9 @@ def warnings(artefact: Artefact, options: ExportOptions, samples: int) -> list[s
     elif artefact.agreement < LOW_AGREEMENT:
         found.append(f"int8 agrees with the float model on only {artefact.agreement:.1%} of the verification "
                      f"images (< {LOW_AGREEMENT:.0%}): look at the worst layers and the calibration images"
-                     + ("" if options.adaround else ", or learn the weights' rounding (--adaround)"))
+                     + ("" if options.adaround else ", or learn the weights' rounding (--adaround)")
+                     + (", or keep 8-bit weights in onnxruntime's exact u8×u8 kernels (--target x86-avx2-u8u8, "
+                        "slower)" if artefact.format == "onnx" and (artefact.scheme or {}).get("reduce_range") else ""))
     if artefact.confident_agreement is not None and artefact.confident_agreement < LOW_SURE_AGREEMENT:
         found.append(f"on the images the float model is sure of, only {artefact.confident_agreement:.1%} agree "
                      f"(< {LOW_SURE_AGREEMENT:.0%})")

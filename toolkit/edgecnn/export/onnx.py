@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.export.uint8_weights import store_weights_as_uint8
 from edgecnn.native import quiet_native_output
 from edgecnn.quantize.adaround import INT8, INT8_REDUCED_RANGE, WeightGrid
 from edgecnn.quantize.calibrate import SEARCH, Candidate
@@ -390,12 +391,16 @@ class Builder:
         corrected = self.scratch / "corrected.onnx"
         corrected_model(self._prepared, self._shifts, float_nodes, corrected)
         quantize_onnx(corrected, path, self._ranges(self.candidate.method), self.scheme, float_nodes)
+        if self.scheme.onnx_weights == "uint8":
+            store_weights_as_uint8(path)
         keep_name_scopes(self._scopes, path)
         self.last_build = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
-        bits = "7-bit (reduce_range)" if self.scheme.reduce_range else "8-bit"
+        weights = "7-bit (reduce_range) int8" if self.scheme.reduce_range else "8-bit int8"
+        if self.scheme.onnx_weights == "uint8":
+            weights = "8-bit, stored as uint8 (zero point 128),"
         return (f"{trained}{self.runtime} QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
-                f"per-channel {bits} int8 weights, biases corrected for their rounding; activation ranges: "
+                f"per-channel {weights} weights, biases corrected for their rounding; activation ranges: "
                 f"{self.method}")
 
     def _ranges(self, method: str) -> dict[str, tuple[float, float]]:

@@ -5,15 +5,20 @@ layer fallback); OpenVINO reads each QuantizeLinear/DequantizeLinear pair as a F
 the convolutions between them in int8. NNCF would calibrate again with its own ranges: two formats from one model
 would then differ by more than their kernels, and the range search and per-layer report would not apply to it.
 The ONNX scheme for the target carries over (7-bit weights on x86 without VNNI: OpenVINO's AVX2 int8
-convolutions add u8×s8 pairs in 16 bits like onnxruntime's).
+convolutions add u8×s8 pairs in 16 bits like onnxruntime's), but for the uint8 weights of x86-avx2-u8u8: OpenVINO
+runs convolutions with uint8 weights in float (measured on MobileNetV2: 52 of 52 in f32/bf16), so its IR keeps
+x86-avx2's 7-bit int8 weights.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.export import onnx
+from edgecnn.quantize.adaround import WeightGrid
+from edgecnn.quantize.target import SCHEMES, Scheme
 
 
 def _telemetry_only_if_opted_in() -> None:
@@ -42,11 +47,26 @@ def convert(onnx_path: Path, path: Path) -> None:
         raise EdgeCNNError(f"OpenVINO could not convert the model: {first_line(e)}") from None
 
 
+def _int8_weights(scheme: Scheme | None) -> Scheme | None:
+    if not scheme or scheme.onnx_weights != "uint8":
+        return scheme
+    fallback = SCHEMES["x86-avx2"]
+    return replace(fallback, reason=f"{scheme.target} asked for, whose uint8 weights OpenVINO would run in float: "
+                                    f"{fallback.reason}")
+
+
 class Builder(onnx.Builder):
     """The OpenVINO side of `edgecnn.export.export`: the ONNX builder's graph, converted. Layer errors and the
     fallback's layer names are the QDQ graph's, measured in onnxruntime."""
 
     runtime = "OpenVINO"
+
+    @staticmethod
+    def weight_grid(scheme: Scheme) -> WeightGrid:
+        return onnx.Builder.weight_grid(_int8_weights(scheme))
+
+    def __init__(self, source, calibration, scheme: Scheme | None, scratch: Path):
+        super().__init__(source, calibration, _int8_weights(scheme), scratch)
 
     def build(self, path: Path, float_nodes: list[str]) -> str | None:
         graph = path.with_name(f"{path.stem}.source.onnx")
