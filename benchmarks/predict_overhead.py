@@ -7,7 +7,8 @@ Debian opencv-doc's photos; pass an existing `mobilenet_v2_int8.tflite` to skip 
    aero3.jpg), with today's resize and with the one before (OpenCV's INTER_AREA), interleaved rounds, medians;
    and the median of each step of the path, repeated alone and after one inference each time (as a camera loop
    runs it: on a 2-core AMD EPYC the resize took 0.29 ms alone and 0.84 ms after an inference); and the resize
-   after an inference, after a sleep as long, and after an 8 MB memory sweep (which of them makes it slower).
+   after an inference, after a sleep as long, after an 8 MB memory sweep and after busy Python loops of 0.25 ms,
+   1 ms and as long as the inference (which of them makes it slower).
 2. Every candidate resize of that frame's 420×420 centre crop to 224: its time (interleaved, alone and after an
    inference), and against OpenCV's
    INTER_AREA on all opencv-doc photos, at their own size and stretched to 640×480 (a camera frame): how many keep
@@ -145,6 +146,15 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS, ru
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def busy_loop(ms: float) -> Callable[[], None]:
+    """A pause that keeps the core busy (no sleep, no clock change) and touches no data: only time passes."""
+    def loop() -> None:
+        end = time.perf_counter() + ms / 1000
+        while time.perf_counter() < end:
+            pass
+    return loop
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max())
     return e / e.sum()
@@ -218,7 +228,8 @@ def measure(model: Path) -> dict:
     sweep = np.ones(8 << 20, np.uint8)
     pause_ms = timing["bare"] / 1000
     pauses = {"nothing (hot)": None, "one inference": infer, f"a {timing['bare']:.1f} ms sleep": lambda: time.sleep(
-        pause_ms), "an 8 MB memory sweep": lambda: np.add(sweep, 1, out=sweep)}
+        pause_ms), "an 8 MB memory sweep": lambda: np.add(sweep, 1, out=sweep),
+        **{f"a {ms:.2f} ms busy Python loop": busy_loop(ms) for ms in (0.25, 1.0, timing["bare"])}}
     resize_after = interleaved(dict.fromkeys(pauses, step_calls["crop + resize + colour (resize_image)"]),
                                between=pauses)
     resize_calls = {name: (lambda r=resize: r(crop, pre.img_size, pre.img_size))
