@@ -213,12 +213,20 @@ def test_onnx_bias_correction_removes_the_mean_error_of_weight_rounding(tmp_path
     assert _mean_error(corrected, reference) < 0.5 * _mean_error(plain, reference)
 
 
+def _ort_session(path, optimized=None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if optimized:
+        options.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def test_the_u8u8_scheme_stores_the_same_weights_as_uint8(tmp_path):
     """x86-avx2-u8u8's .onnx holds x86-vnni's 8-bit weights shifted into uint8 (zero point 128): every weight
-    dequantizes to the same value, so onnxruntime computes the same logits (here, with VNNI or without: its u8×u8
-    kernels widen to 16 bits; the emulated AVX2-only check is test_export's)."""
+    dequantizes to the same value, onnxruntime still fuses every layer into an int8 kernel, and where the u8×s8
+    kernels do not saturate (VNNI, Arm) both files compute the same; the emulated AVX2-only check is test_export's."""
     import onnx
-    import onnxruntime as ort
     from edgecnn.export.onnx import Builder
     from edgecnn.export.sources import ExportSource
     from edgecnn.preprocess import Preprocess
@@ -248,11 +256,60 @@ def test_the_u8u8_scheme_stores_the_same_weights_as_uint8(tmp_path):
         assert np.array_equal(values.astype(int) - zero.reshape(-1, *[1] * (values.ndim - 1)),
                               signed[name][0].astype(int) - signed[name][1].reshape(-1, *[1] * (values.ndim - 1)))
 
-    def outputs(path):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([session.run(None, {"input": x[None].numpy()})[0] for x in calibration])
+    def int8_kernels(target):
+        optimized = tmp_path / f"{target}.optimized.onnx"
+        _ort_session(files[target], optimized)
+        return sorted(n.op_type for n in onnx.load(optimized).graph.node if n.op_type in ("QLinearConv", "QGemm"))
 
-    np.testing.assert_array_equal(outputs(files["x86-avx2-u8u8"]), outputs(files["x86-vnni"]))
+    assert int8_kernels("x86-avx2-u8u8") == int8_kernels("x86-vnni") and int8_kernels("x86-vnni")
+    if host_target() != "x86-avx2":
+        def outputs(target):
+            session = _ort_session(files[target])
+            return np.concatenate([session.run(None, {"input": x[None].numpy()})[0] for x in calibration])
+
+        np.testing.assert_array_equal(outputs("x86-avx2-u8u8"), outputs("x86-vnni"))
+
+
+def test_uint8_weights_handle_a_constant_read_twice_and_no_zero_point(tmp_path):
+    """A weight two DequantizeLinear nodes read, without zero points: shifted once, both readers given zero point
+    128, the same values out."""
+    import onnx
+    from edgecnn.export.uint8_weights import store_weights_as_uint8
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([[-127, -1, 0], [5, 64, 127]], np.int8)
+    scale = np.array([0.5, 0.25], np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "scale"], [out], axis=0) for out in ("a", "b")]
+    graph = helper.make_graph(nodes, "twice", [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 3])
+                                                    for o in ("a", "b")],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(scale, "scale")])
+    path = tmp_path / "twice.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    before = _ort_session(path).run(None, {})
+    assert store_weights_as_uint8(path) == 2
+    rewritten = onnx.load(path)
+    constants = {t.name: numpy_helper.to_array(t) for t in rewritten.graph.initializer}
+    assert constants["w"].dtype == np.uint8 and np.array_equal(constants["w"].astype(int), weight.astype(int) + 128)
+    assert [n.input[2] for n in rewritten.graph.node] == ["w_zero_point"] * 2
+    assert (constants["w_zero_point"] == 128).all()
+    for a, b in zip(before, _ort_session(path).run(None, {}), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_openvino_keeps_int8_weights_under_the_u8u8_scheme(tmp_path):
+    """OpenVINO runs uint8-weight convolutions in float, so its IR takes x86-avx2's 7-bit int8 weights (and
+    --adaround learns that grid for it) where the .onnx stores 8-bit ones as uint8."""
+    from edgecnn.export import onnx as onnx_export
+    from edgecnn.export import openvino
+    from edgecnn.quantize.adaround import INT8, INT8_REDUCED_RANGE
+
+    u8u8 = scheme_for("x86-avx2-u8u8")
+    assert onnx_export.Builder.weight_grid(u8u8) is INT8
+    assert openvino.Builder.weight_grid(u8u8) is INT8_REDUCED_RANGE
+    scheme = openvino.Builder(None, None, u8u8, tmp_path).scheme
+    assert scheme.target == "x86-avx2" and scheme.reduce_range and scheme.onnx_weights == "int8"
+    assert "x86-avx2-u8u8" in scheme.reason
+    assert openvino.Builder(None, None, scheme_for("x86-vnni"), tmp_path).scheme == scheme_for("x86-vnni")
 
 
 class _InvertedResidual(torch.nn.Module):

@@ -15,34 +15,33 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgecnn.errors import EdgeCNNError
+
 
 def store_weights_as_uint8(path: Path) -> int:
     """Rewrite the QDQ model at `path`: every int8 constant a DequantizeLinear reads becomes uint8 (+128), with
     its zero point; returns how many constants changed."""
     model = onnx.load(path)
     constants = {t.name: t for t in model.graph.initializer}
-    shifted: set[str] = set()
-
-    def shift(name: str) -> None:
-        if name not in shifted:
-            values = numpy_helper.to_array(constants[name]).astype(np.int16) + 128
-            constants[name].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
-            shifted.add(name)
-
-    changed = 0
-    for node in model.graph.node:
-        weight = constants.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if weight is None or weight.data_type != onnx.TensorProto.INT8:
-            continue
+    # Readers are found before anything changes: a constant read twice is shifted once, with both zero points.
+    readers = [node for node in model.graph.node if node.op_type == "DequantizeLinear" and node.input[0] in constants
+               and constants[node.input[0]].data_type == onnx.TensorProto.INT8]
+    names = set()
+    for node in readers:
+        if node.input[1] not in constants or (len(node.input) > 2 and node.input[2] and node.input[2] not in constants):
+            raise EdgeCNNError(f"cannot store the .onnx weights as uint8: the scale or zero point of {node.input[0]} "
+                               "is computed, not a constant")
         if len(node.input) < 3 or not node.input[2]:  # no zero point: 0, which becomes an explicit 128
-            scale = numpy_helper.to_array(constants[node.input[1]])
-            zero = model.graph.initializer.add()
-            zero.CopyFrom(numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{node.input[0]}_zero_point"))
-            constants[zero.name] = zero
+            zero_name = f"{node.input[0]}_zero_point"
+            if zero_name not in constants:
+                scale = numpy_helper.to_array(constants[node.input[1]])
+                constants[zero_name] = model.graph.initializer.add()
+                constants[zero_name].CopyFrom(numpy_helper.from_array(np.zeros(scale.shape, np.int8), zero_name))
             del node.input[2:]
-            node.input.append(zero.name)
-        shift(node.input[0])
-        shift(node.input[2])
-        changed += 1
+            node.input.append(zero_name)
+        names.update(node.input[0::2])  # the values and their zero point
+    for name in names:
+        values = numpy_helper.to_array(constants[name]).astype(np.int16) + 128
+        constants[name].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
     onnx.save(model, path)
-    return changed
+    return len(readers)
