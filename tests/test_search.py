@@ -94,8 +94,9 @@ def test_search_is_a_calibration_choice():
 
 
 class _Tangled(torch.nn.Module):
-    """What a chain does not have: a concatenation (one observer shared by its inputs, called under two names), a
-    residual sum done in place (`out += x` writes into a value the search keeps) and a sigmoid (fixed range)."""
+    """What a chain does not have: a concatenation (one observer shared by its inputs, called under two names),
+    residual sums done in place (`x += out` writes into a value computed before the quantizers it follows, which a
+    re-run from them reads from the kept values) and a sigmoid (fixed range)."""
 
     def __init__(self):
         super().__init__()
@@ -107,7 +108,8 @@ class _Tangled(torch.nn.Module):
         x = torch.relu(self.stem(x))
         out = self.mix(torch.cat([self.a(x), self.b(x)], 1))
         out += x
-        out = out * torch.sigmoid(out)
+        x += out
+        out = x * torch.sigmoid(x)
         return self.head(torch.nn.functional.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
