@@ -80,7 +80,7 @@ def test_export_with_search_reports_the_search(digits_checkpoint, tmp_path):
         assert artefact["status"] == "ok" and artefact["float_ops"] == []
         search = artefact["calibration"]["search"]
         assert artefact["calibration"]["method"] == "search" and search["start"] == START
-        assert search["tensors"] > 0 and 0 < search["output_error_vs_start"] <= 1.0
+        assert search["tensors"] > 0 and 0 < search["output_error_vs_start"] < 1.0  # some range did better
     assert artefacts[0]["calibration"]["search"] == artefacts[1]["calibration"]["search"]  # searched once
 
 
