@@ -1,5 +1,5 @@
 """int8 calibration methods on the real ImageNet MobileNetV2:
-`python benchmarks/int8_methods.py [--before DIR] [--only "METHOD" ...]` (~30 min on 2 cores).
+`python benchmarks/int8_methods.py [--before DIR] [--only "METHOD" ...]` (~40 min on 2 cores).
 
 Each range method (and auto), with and without channel equalization, is one `edgecnn export --int8` of torchvision's
 MobileNetV2 weights (`make real-data`), calibrated on the even-numbered opencv-doc photos and verified on the
