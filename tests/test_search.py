@@ -132,3 +132,15 @@ def test_a_rerun_from_any_tensor_equals_a_whole_run():
         for got, expected in zip(replay.outputs(replay.values), whole.outputs(whole.values), strict=True):
             assert torch.allclose(got, expected, atol=1e-6), name
     assert search_ranges(observed).report["tensors"] == len(quantizers)
+
+
+@pytest.mark.parametrize("low, high", [(-128, 127), (0, 255), (-127, 127)])
+def test_the_fast_fake_quantizer_computes_what_pytorchs_does(low, high):
+    """The search's stand-ins quantize through quantized tensors (faster); the values must be PyTorch's
+    fake_quantize_per_tensor_affine's to the bit, ties and values beyond the range included."""
+    from edgecnn.quantize.search import _fake_quantize
+
+    scale, zero = 0.05, (low + high + 1) // 2 - 3
+    x = torch.cat([torch.randn(10_000) * 10, (torch.arange(-300, 300) + 0.5) * scale])  # many exact .5 ties
+    expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, low, high)
+    assert torch.equal(_fake_quantize(x, scale, zero, low, high), expected)

@@ -11,7 +11,8 @@ and 0.4 of itself: deeper than percentile and MSE usually clip) and keeps the on
 error against the float model on the calibration images (weights int8 and biases corrected as convert will do,
 every other activation at its current range: one pass of coordinate descent). Only the graph after the tensor
 runs again for each try. On the real MobileNetV2 the logits' SQNR rose from 18.5 to 20.2 dB in both formats
-(docs/export.md#int8-calibration); the search took 211 s on 2 cores.
+(docs/export.md#int8-calibration); the search took 211 s on 2 cores, and about a third of its time since its
+fake quantization goes through quantized tensors.
 
 The choice is a rule per tensor, found again in another graph of the same model by the tensor's values (its
 histogram's range and moments): the .onnx quantizes the same activations under other names, and gets the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -82,6 +84,21 @@ class SearchedRanges:
                 for name, hist in histograms.items()}
 
 
+# torch.quantize_per_tensor + dequantize compute what fake_quantize_per_tensor_affine computes, bit for bit, 2.4-3.4×
+# faster on CPU (fake quantization took 360 of the search's 436 s on MobileNetV2); PyTorch marks quantized tensors
+# deprecated, so the slower op stays the fallback.
+_QUANTIZED_DTYPES = {(-128, 127): torch.qint8, (0, 255): torch.quint8}
+
+
+def _fake_quantize(x: torch.Tensor, scale: float, zero: int, low: int, high: int) -> torch.Tensor:
+    dtype = _QUANTIZED_DTYPES.get((low, high))
+    if dtype is not None and hasattr(torch, "quantize_per_tensor"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.quantize_per_tensor(x, scale, zero, dtype).dequantize()
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, low, high)
+
+
 class _Quantize(nn.Module):
     """An activation observer's stand-in: int8 over the range being tried, with the scale convert_pt2e derives."""
 
@@ -97,8 +114,7 @@ class _Quantize(nn.Module):
         self.qparams = (float(scale), int(zero))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, *self.qparams, self.observer.quant_min,
-                                                     self.observer.quant_max)
+        return _fake_quantize(x, *self.qparams, self.observer.quant_min, self.observer.quant_max)
 
 
 class _QuantizeWeight(nn.Module):
@@ -123,7 +139,7 @@ class _QuantizeFixed(nn.Module):
         self.qparams = (float(scale), int(zero), observer.quant_min, observer.quant_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, *self.qparams)
+        return _fake_quantize(x, *self.qparams)
 
 
 def _stand_in(observer: nn.Module) -> nn.Module:
