@@ -11,8 +11,8 @@ and 0.4 of itself: deeper than percentile and MSE usually clip) and keeps the on
 error against the float model on the calibration images (weights int8 and biases corrected as convert will do,
 every other activation at its current range: one pass of coordinate descent). Only the graph after the tensor
 runs again for each try. On the real MobileNetV2 the logits' SQNR rose from 18.5 to 20.2 dB in both formats
-(docs/export.md#int8-calibration); the search took 211 s on 2 cores, and about a third of its time since its
-fake quantization goes through quantized tensors.
+(docs/export.md#int8-calibration); the search took 211 s on 2 cores then, and takes about a third of
+that since its fake quantization goes through quantized tensors.
 
 The choice is a rule per tensor, found again in another graph of the same model by the tensor's values (its
 histogram's range and moments): the .onnx quantizes the same activations under other names, and gets the same
