@@ -396,9 +396,8 @@ class Builder:
         keep_name_scopes(self._scopes, path)
         self.last_build = path
         trained = self.source.qat.scheme_prefix if self.source.qat else ""
-        weights = "7-bit (reduce_range) int8" if self.scheme.reduce_range else "8-bit int8"
-        if self.scheme.onnx_weights == "uint8":
-            weights = "8-bit, stored as uint8 (zero point 128),"
+        weights = ("8-bit, stored as uint8 (zero point 128)," if self.scheme.onnx_weights == "uint8"
+                   else "7-bit (reduce_range) int8" if self.scheme.reduce_range else "8-bit int8")
         return (f"{trained}{self.runtime} QDQ for {self.scheme.target}: {self.scheme.onnx_activations} activations, "
                 f"per-channel {weights} weights, biases corrected for their rounding; activation ranges: "
                 f"{self.method}")

@@ -73,9 +73,12 @@ class SearchedRanges:
         """The rule chosen for the tensor with these values (the closest in number of values, then in moments),
         else START."""
         mine = fingerprint(hist)
-        scale = max(abs(hist.low), abs(hist.high), 1e-6)
-        matches = [(abs(np.log(max(theirs[4], 1.0) / max(mine[4], 1.0))), np.abs(theirs[:4] - mine[:4]).max(), rule)
-                   for theirs, rule in self.choices if np.abs(theirs[:4] - mine[:4]).max() <= SAME_VALUES * scale]
+        tolerance = SAME_VALUES * max(abs(hist.low), abs(hist.high), 1e-6)
+        matches = []
+        for theirs, rule in self.choices:
+            distance = np.abs(theirs[:4] - mine[:4]).max()
+            if distance <= tolerance:
+                matches.append((abs(np.log(max(theirs[4], 1.0) / max(mine[4], 1.0))), distance, rule))
         return min(matches, key=lambda m: m[:2])[2] if matches else START
 
     def ranges_for(self, histograms: dict[str, Histogram], outputs=()) -> dict[str, tuple[float, float]]:
